@@ -1,0 +1,42 @@
+# deepclust: every target sets itself up (virtual environment, package, data) and is idempotent.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data demo test lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,faiss]'
+	@touch $(STAMP)
+
+# Debian's dataset-fashion-mnist package, installed only when missing and apt-get is usable (root).
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || [ -n "$$DEEPCLUST_DATA" ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null)) \
+		|| echo "warning: could not install dataset-fashion-mnist; see 'deepclust datasets'"; \
+	else echo "note: Fashion-MNIST not found and apt-get unusable; see 'deepclust datasets'"; fi
+
+demo: setup data
+	$(VENV)/bin/deepclust train --method kmeans --dataset fashion-mnist --out runs/demo-kmeans
+
+lint: setup
+	$(VENV)/bin/ruff check deepclust tests benchmarks
+	$(VENV)/bin/ruff format --check deepclust tests benchmarks
+
+format: setup
+	$(VENV)/bin/ruff check --fix deepclust tests benchmarks
+	$(VENV)/bin/ruff format deepclust tests benchmarks
+
+test: setup data lint
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,210 @@
+"""The ``deepclust`` command.
+
+Sub-commands: ``datasets`` (what is available and where), ``train`` (k-means or a deep method; writes a run
+directory), ``evaluate`` (recompute metrics from a run directory). A user error prints one line and exits with
+code 2; a run that diverges exits with code 1 after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rich.console import Console
+from rich.table import Table
+
+from deepclust import __version__
+from deepclust.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (and exit code 2) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="deepclust",
+        description="Deep image clustering: train, evaluate and inspect clustering runs.",
+    )
+    parser.add_argument("--version", action="version", version=f"deepclust {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    datasets = commands.add_parser("datasets", help="list the datasets, whether their files were found and where")
+    datasets.add_argument("--data-root", help="directory to look in first (default: $DEEPCLUST_DATA)")
+
+    train = commands.add_parser(
+        "train",
+        help="cluster a dataset (k-means or a deep method) into a run directory",
+        description=(
+            "Cluster a dataset and write a run directory (config.yaml, metrics.json, assignments.csv, "
+            "log.jsonl, checkpoints/). Any configuration field can be overridden as key=value, "
+            "e.g. optim.lr=0.001 train.epochs=5."
+        ),
+    )
+    train.add_argument("--method", help="kmeans (default), or a deep method")
+    train.add_argument("--dataset", help="dataset name (see `deepclust datasets`), default fashion-mnist")
+    train.add_argument("--config", help="YAML configuration file")
+    train.add_argument("--out", help="run directory (default runs/<name>)")
+    train.add_argument("--name", help="run name (default <method>-<dataset>-<time>)")
+    train.add_argument("--seed", type=int, help="random seed (default 0)")
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
+    train.add_argument("--data-root", help="where the dataset files are (default: $DEEPCLUST_DATA, then system paths)")
+    train.add_argument("--clusters", type=int, help="number of clusters K (default: the number of classes)")
+    train.add_argument("--epochs", type=int, help="training epochs")
+    train.add_argument("--time-budget", type=float, metavar="MINUTES", help="stop training cleanly after MINUTES")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="RUN_DIR",
+        help="continue from the last checkpoint of RUN_DIR (or of --out)",
+    )
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides")
+
+    evaluate = commands.add_parser("evaluate", help="recompute and print the metrics of a run directory")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        handler = {"datasets": cmd_datasets, "train": cmd_train, "evaluate": cmd_evaluate}[args.command]
+        return handler(args, console)
+    except UserError as err:
+        print(f"deepclust: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("deepclust: interrupted; a training run continues with `deepclust train --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+def cmd_datasets(args: argparse.Namespace, console: Console) -> int:
+    from deepclust.data import list_datasets
+
+    table = Table(title="deepclust datasets")
+    for column in ("name", "classes", "size", "splits", "status", "where / how to get it"):
+        table.add_column(column)
+    for info in list_datasets():
+        found = info.locate(args.data_root)
+        size = f"{info.channels}×{info.resolution}×{info.resolution}" if info.resolution else "any"
+        table.add_row(
+            info.name,
+            str(info.num_classes or "-"),
+            size,
+            ", ".join(info.splits),
+            "[green]found[/]" if found else "[yellow]missing[/]",
+            str(found) if found else info.how_to_get,
+        )
+    console.print(table)
+    return 0
+
+
+def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
+    """(config, run directory, resume?) from the command line."""
+    from deepclust.config import build_config, load_yaml
+    from deepclust.engine.run_dir import CONFIG, RunDir
+
+    flags = {
+        "seed": args.seed,
+        "device": args.device,
+        "name": args.name,
+        "data.root": args.data_root,
+        "data.num_clusters": args.clusters,
+        "train.epochs": args.epochs,
+        "train.time_budget_minutes": args.time_budget,
+    }
+    resume = args.resume is not None
+    if resume:
+        target = args.resume or args.out
+        if not target:
+            raise UserError("--resume needs a run directory: --resume RUN_DIR (or --out RUN_DIR --resume)")
+        run = RunDir.open_existing(target)
+        saved = load_yaml(run.path / CONFIG)
+        for given, saved_value in (("method", saved.get("method")), ("dataset", saved.data.get("name"))):
+            value = getattr(args, given)
+            if value is not None and value != saved_value:
+                raise UserError(f"--{given} {value} differs from the resumed run's {saved_value}")
+        cfg = build_config(config_file=run.path / CONFIG, flags=flags, overrides=args.overrides)
+        cfg.out = str(run.path)
+        return cfg, run.path, True
+    cfg = build_config(
+        method=args.method, dataset=args.dataset, config_file=args.config, flags=flags, overrides=args.overrides
+    )
+    if cfg.name is None:
+        cfg.name = f"{cfg.method}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(args.out or cfg.out or Path("runs") / cfg.name)
+    if (out / "checkpoints" / "last.pt").is_file():
+        raise UserError(f"{out} already holds a training run; continue it with --resume {out}, or pick another --out")
+    cfg.out = str(out)
+    return cfg, out, False
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    from deepclust.engine.run_dir import RunDir
+    from deepclust.methods import method_class
+
+    cfg, out, resume = _resolve_train_config(args)
+    run = RunDir(out).create()
+    run.save_config(cfg)
+    console.print(f"run directory: [bold]{run.path}[/]")
+    if not method_class(cfg.method).trainable:
+        if resume:
+            raise UserError(f"method {cfg.method!r} is not trained, so there is nothing to resume")
+        from deepclust.methods.kmeans import run_kmeans
+
+        metrics = run_kmeans(cfg, run, console)
+    else:
+        from deepclust.engine.trainer import TrainingDiverged, train
+
+        try:
+            metrics = train(cfg, run, resume=resume)
+        except TrainingDiverged as err:
+            print(f"deepclust: training stopped: {err}", file=sys.stderr)
+            return 1
+    print_metrics(console, metrics, f"{cfg.method} on {cfg.data.name}")
+    console.print(f"results written to [bold]{run.path}[/] (metrics.json, assignments.csv, log.jsonl)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
+    from deepclust.engine.run_dir import RunDir
+    from deepclust.evaluation import evaluate_clustering
+
+    run = RunDir.open_existing(args.run_dir)
+    clusters, labels, primary = run.read_assignments()
+    if labels is None:
+        raise UserError(f"{run.path} has no ground-truth labels, so ACC/NMI/ARI cannot be computed")
+    readouts = {name: evaluate_clustering(labels, predicted) for name, predicted in clusters.items()}
+    print_metrics(console, {**readouts[primary], "primary": primary, "readouts": readouts}, str(run.path))
+    return 0
+
+
+def print_metrics(console: Console, metrics: dict[str, Any], title: str) -> None:
+    """A table with one row per read-out; the primary read-out first."""
+    readouts: dict[str, dict[str, float]] = metrics.get("readouts", {})
+    primary = metrics.get("primary")
+    table = Table(title=title)
+    for column in ("read-out", "ACC", "NMI", "ARI"):
+        table.add_column(column, justify="right" if column != "read-out" else "left")
+    order = sorted(readouts, key=lambda name: (name != primary, name))
+    for name in order:
+        values = readouts[name]
+        cells = [f"{values[key]:.4f}" if key in values else "-" for key in ("acc", "nmi", "ari")]
+        table.add_row(f"{name}{' (primary)' if name == primary else ''}", *cells)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

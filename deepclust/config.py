@@ -1,0 +1,254 @@
+"""The one configuration tree of a run: typed sections, merged from defaults, a YAML file and the command line.
+
+Merge order (later wins):
+
+1. the dataclass defaults below (the CPU settings);
+2. the method's own defaults (``Method.DEFAULTS``, e.g. CC's Adam at 3e-4) and its ``params`` section;
+3. ``configs/<method>/<dataset>.yaml`` when no ``--config`` is given and that file exists;
+   otherwise the ``--config FILE``;
+4. the explicit command-line flags (``--dataset``, ``--seed``, ``--device``, ...);
+5. ``key=value`` overrides, e.g. ``optim.lr=0.01 train.epochs=5``.
+
+Every section is an OmegaConf structured config, so an unknown key or a value of the wrong type is a
+:class:`~deepclust.errors.ConfigError` (one line, exit code 2 in the CLI), never a silent typo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from deepclust.data.augment import AugmentConfig
+from deepclust.errors import ConfigError
+from deepclust.models import ModelConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    """Which images to cluster."""
+
+    name: str = "fashion-mnist"
+    split: str = "all"  # train+test, the clustering convention
+    root: str | None = None  # --data-root; falls back to $DEEPCLUST_DATA and the dataset's system locations
+    image_size: int | None = None  # resize for folder-based datasets; None = native size
+    folder_labels: bool = False  # `folder` dataset: take labels from first-level sub-folder names
+    num_clusters: int | None = None  # K; None = the dataset's number of classes
+
+
+@dataclass
+class KMeansConfig:
+    """k-means, both as the baseline on raw pixels and as the read-out on learned features."""
+
+    n_init: int = 10
+    max_iter: int = 300
+    backend: str = "auto"  # auto (faiss when installed) | faiss | sklearn
+    features: str = "pixels"  # baseline input: pixels, or a training run directory whose features to cluster
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule."""
+
+    name: str = "adam"  # adam | adamw | sgd | lars
+    lr: float = 3e-4  # the rate at batch_size; scaled by lr_scaling
+    lr_scaling: str = "none"  # none | linear (lr * global_batch / 256) | sqrt
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "cosine"  # cosine | constant
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio under the cosine schedule
+    batch_size: int = 256  # per process
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: length, devices, precision, checkpoints, logging."""
+
+    epochs: int = 100
+    max_steps: int | None = None
+    time_budget_minutes: float | None = None  # stop cleanly at the budget, then evaluate and save
+    precision: str = "auto"  # auto (bf16-mixed on GPU and on CPUs with bf16 units, else 32) | 32 | bf16-mixed | 16-mixed
+    devices: int = 1  # processes per node (GPUs, or CPU processes with --device cpu)
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp
+    sync_batchnorm: bool = True  # under DDP
+    compile: bool = False  # torch.compile the method
+    channels_last: bool = True
+    num_workers: int = 0  # DataLoader workers; uint8 batches are cheap, augmentation runs on the device
+    checkpoint_every_steps: int = 500
+    eval_every_epochs: int = 5
+    log_every_steps: int = 20
+    tensorboard: bool = False
+    progress: bool = True
+    collapse_warning_fraction: float = 0.5  # warn when one cluster takes more than this share of the samples
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    method: str = "kmeans"
+    name: str | None = None  # run name; default <method>-<dataset>-<timestamp>
+    out: str | None = None  # run directory; default runs/<name>
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | gpu
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    kmeans: KMeansConfig = field(default_factory=KMeansConfig)
+    params: Any = field(default_factory=dict)  # the method's own hyper-parameters (its Config dataclass)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key=value``; the value is parsed as YAML (so ``3``, ``0.1``, ``true``, ``[1, 2]`` get their types)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"bad override {text!r}: expected key=value, e.g. optim.lr=0.01")
+    try:
+        value = OmegaConf.create({"v": raw} if raw == "" else f"v: {raw}")["v"]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad override {text!r}: cannot parse the value ({err.msg})") from None
+    return key.strip(), value
+
+
+def _merge(base: DictConfig, update: Mapping[str, Any] | DictConfig, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, update)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or ""
+        where = f" at {key!r}" if key else ""
+        raise ConfigError(f"{origin}: invalid configuration{where}: {err.msg}") from None
+
+
+def load_yaml(path: str | Path) -> DictConfig:
+    """Read a YAML config file; a missing or malformed file is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends: report the parser's message in one line
+        raise ConfigError(f"cannot read config file {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file {path} must contain a mapping of sections, not a list or a scalar")
+    return loaded
+
+
+def default_config_file(method: str, dataset: str) -> Path | None:
+    """The shipped ``configs/<method>/<dataset>.yaml``, if there is one."""
+    candidate = CONFIG_DIR / method / f"{dataset}.yaml"
+    return candidate if candidate.is_file() else None
+
+
+def build_config(
+    *,
+    method: str | None = None,
+    dataset: str | None = None,
+    config_file: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+) -> DictConfig:
+    """Resolve the full configuration of a run (see the module docstring for the merge order).
+
+    ``flags`` maps dotted keys (``"seed"``, ``"data.root"``, ``"train.time_budget_minutes"``) to the values of
+    explicit command-line options; ``None`` values are ignored.
+    """
+    from deepclust.methods import method_class  # local: methods import this module
+
+    file_cfg = load_yaml(config_file) if config_file is not None else None
+    file_method = file_cfg.get("method") if file_cfg is not None else None
+    file_dataset = file_cfg.get("data", {}).get("name") if file_cfg is not None else None
+    method = method or file_method or "kmeans"
+    dataset = dataset or file_dataset or "fashion-mnist"
+    cls = method_class(method)
+
+    cfg = OmegaConf.structured(Config)
+    OmegaConf.set_struct(cfg, True)
+    with _open_dict(cfg):
+        cfg.params = OmegaConf.structured(cls.Config) if cls.Config is not None else {}
+    cfg = _merge(cfg, cls.DEFAULTS, f"defaults of method {method!r}")
+    if file_cfg is None:
+        shipped = default_config_file(method, dataset)
+        if shipped is not None:
+            file_cfg = load_yaml(shipped)
+            config_file = shipped
+    if file_cfg is not None:
+        cfg = _merge(cfg, file_cfg, str(config_file))
+    explicit: dict[str, Any] = {"method": method, "data.name": dataset}
+    explicit.update({k: v for k, v in (flags or {}).items() if v is not None})
+    for key, value in explicit.items():
+        _set(cfg, key, value, f"option {key}")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(cfg, key, value, f"override {text!r}")
+    _validate(cfg)
+    return cfg
+
+
+class _open_dict:
+    """Temporarily allow new keys (used once, to install the method's params section)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+
+    def __enter__(self) -> None:
+        OmegaConf.set_struct(self.cfg, False)
+
+    def __exit__(self, *exc: object) -> None:
+        OmegaConf.set_struct(self.cfg, True)
+
+
+def _set(cfg: DictConfig, key: str, value: Any, origin: str) -> None:
+    if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+        section = key.rsplit(".", 1)[0] if "." in key else ""
+        known = OmegaConf.select(cfg, section) if section else cfg
+        names = ", ".join(sorted(known.keys())) if isinstance(known, DictConfig) else ""
+        hint = f"; known keys{' in ' + section if section else ''}: {names}" if names else ""
+        raise ConfigError(f"{origin}: unknown configuration key {key!r}{hint}")
+    try:
+        OmegaConf.update(cfg, key, value, merge=False)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{origin}: {err.msg}") from None
+
+
+def _validate(cfg: DictConfig) -> None:
+    """Checks that span sections or that the types alone cannot express."""
+    k = cfg.data.num_clusters
+    if k is not None and k < 2:
+        raise ConfigError(f"data.num_clusters must be at least 2, got {k}")
+    if cfg.optim.batch_size < 2:
+        raise ConfigError(f"optim.batch_size must be at least 2, got {cfg.optim.batch_size}")
+    if cfg.train.epochs < 1:
+        raise ConfigError(f"train.epochs must be at least 1, got {cfg.train.epochs}")
+    budget = cfg.train.time_budget_minutes
+    if budget is not None and budget <= 0:
+        raise ConfigError(f"train.time_budget_minutes must be positive, got {budget}")
+    if cfg.kmeans.n_init < 1:
+        raise ConfigError(f"kmeans.n_init must be at least 1, got {cfg.kmeans.n_init}")
+    choices = {
+        "optim.name": ("adam", "adamw", "sgd", "lars"),
+        "optim.schedule": ("cosine", "constant"),
+        "optim.lr_scaling": ("none", "linear", "sqrt"),
+        "train.precision": ("auto", "32", "bf16-mixed", "16-mixed"),
+        "train.strategy": ("auto", "ddp"),
+        "kmeans.backend": ("auto", "faiss", "sklearn"),
+    }
+    for key, allowed in choices.items():
+        value = str(OmegaConf.select(cfg, key))
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved configuration as YAML (what ``config.yaml`` in a run directory holds)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,1 @@
+"""Training engine: the one loop (Lightning Fabric), checkpoints, run directories, optimisers."""

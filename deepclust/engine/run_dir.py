@@ -1,0 +1,169 @@
+"""The run directory: everything a run produces, in files a person or a script can read.
+
+Layout::
+
+    <run>/config.yaml        the full resolved configuration
+    <run>/log.jsonl          one JSON object per event (losses, learning rate, throughput, evaluations)
+    <run>/metrics.json       {"acc", "nmi", "ari"} of the primary read-out, "primary", and "readouts": {name: {...}}
+    <run>/assignments.csv    one row per sample: id, label (when known), cluster (primary) and confidence,
+                             then cluster_<readout> for every other read-out
+    <run>/checkpoints/       last.pt (resume), best.pt (best primary metric), written atomically
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from deepclust.config import load_yaml, to_yaml
+from deepclust.errors import UserError
+
+ASSIGNMENTS = "assignments.csv"
+METRICS = "metrics.json"
+CONFIG = "config.yaml"
+LOG = "log.jsonl"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a crash mid-write never leaves a truncated file behind."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """A run's output folder; created on demand."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> RunDir:
+        """An existing run directory (for ``evaluate``/``--resume``); a UserError when it is not one."""
+        run = cls(path)
+        if not run.path.is_dir():
+            raise UserError(f"run directory not found: {run.path}")
+        if not (run.path / CONFIG).is_file():
+            raise UserError(f"{run.path} is not a deepclust run directory (no {CONFIG})")
+        return run
+
+    def create(self) -> RunDir:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        return self
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def save_config(self, cfg: DictConfig) -> Path:
+        target = self.path / CONFIG
+        atomic_write_text(target, to_yaml(cfg))
+        return target
+
+    def load_config(self) -> DictConfig:
+        return load_yaml(self.path / CONFIG)
+
+    def log(self, event: str, **fields: Any) -> None:
+        """Append one event to ``log.jsonl`` (a wall-clock ``time`` is added)."""
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        with open(self.path / LOG, "a") as handle:
+            handle.write(json.dumps(record, default=_json_default) + "\n")
+
+    def read_log(self) -> list[dict[str, Any]]:
+        path = self.path / LOG
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def write_metrics(self, readouts: Mapping[str, Mapping[str, float]], primary: str, **extra: Any) -> Path:
+        """``metrics.json``: the primary read-out's acc/nmi/ari at top level, every read-out by name."""
+        if primary not in readouts:
+            raise ValueError(f"primary read-out {primary!r} not among {sorted(readouts)}")
+        payload: dict[str, Any] = dict(readouts[primary])
+        payload["primary"] = primary
+        payload["readouts"] = {name: dict(values) for name, values in readouts.items()}
+        payload.update(extra)
+        target = self.path / METRICS
+        atomic_write_text(target, json.dumps(payload, indent=2, default=_json_default) + "\n")
+        return target
+
+    def read_metrics(self) -> dict[str, Any]:
+        path = self.path / METRICS
+        if not path.is_file():
+            raise UserError(f"{self.path} has no {METRICS} yet (the run has not been evaluated)")
+        return json.loads(path.read_text())
+
+    def write_assignments(
+        self,
+        clusters: Mapping[str, np.ndarray],
+        primary: str,
+        *,
+        ids: Sequence[str] | None = None,
+        labels: np.ndarray | None = None,
+        confidence: np.ndarray | None = None,
+    ) -> Path:
+        """``assignments.csv``: one row per sample; the primary read-out is the ``cluster`` column."""
+        n = len(clusters[primary])
+        names = [primary, *sorted(name for name in clusters if name != primary)]
+        header = ["id"]
+        if labels is not None:
+            header.append("label")
+        header += ["cluster", "confidence"] + [f"cluster_{name}" for name in names[1:]]
+        columns: list[Sequence[Any]] = [list(ids) if ids is not None else range(n)]
+        if labels is not None:
+            columns.append(np.asarray(labels).tolist())
+        columns.append(np.asarray(clusters[primary]).tolist())
+        columns.append(
+            [f"{c:.6f}" for c in np.asarray(confidence, dtype=np.float64)] if confidence is not None else [""] * n
+        )
+        columns += [np.asarray(clusters[name]).tolist() for name in names[1:]]
+        target = self.path / ASSIGNMENTS
+        tmp = target.with_name(f".{ASSIGNMENTS}.tmp-{os.getpid()}")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(zip(*columns, strict=True))
+        os.replace(tmp, target)
+        return target
+
+    def read_assignments(self) -> tuple[dict[str, np.ndarray], np.ndarray | None, str]:
+        """(clusters by read-out name, labels or None, primary read-out name) from ``assignments.csv``."""
+        path = self.path / ASSIGNMENTS
+        if not path.is_file():
+            raise UserError(f"{self.path} has no {ASSIGNMENTS} (the run has not been evaluated)")
+        with open(path, newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            rows = list(reader)
+        if header is None or "cluster" not in header:
+            raise UserError(f"{path} is not a deepclust assignments file (no 'cluster' column)")
+        table = {name: [row[i] for row in rows] for i, name in enumerate(header)}
+        primary = self.read_metrics().get("primary", "primary") if (self.path / METRICS).is_file() else "primary"
+        clusters = {primary: np.asarray(table["cluster"], dtype=np.int64)}
+        for name in header:
+            if name.startswith("cluster_"):
+                clusters[name.removeprefix("cluster_")] = np.asarray(table[name], dtype=np.int64)
+        labels = np.asarray(table["label"], dtype=np.int64) if "label" in table else None
+        return clusters, labels, primary
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

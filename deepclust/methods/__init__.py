@@ -1,0 +1,22 @@
+"""Method registry: name -> class. Adding a method is one file in this package and one line here."""
+
+from __future__ import annotations
+
+from deepclust.errors import ConfigError
+from deepclust.methods.base import Method
+from deepclust.methods.kmeans import KMeansBaseline
+
+METHODS: dict[str, type] = {
+    "kmeans": KMeansBaseline,
+}
+
+
+def method_class(name: str) -> type:
+    """The class registered under ``name``; a ConfigError listing the choices otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}") from None
+
+
+__all__ = ["METHODS", "Method", "method_class"]

@@ -1,0 +1,69 @@
+"""The contract between a method and the training loop.
+
+A method is an ``nn.Module`` that owns everything specific to it (backbone, heads, augmentations, EMA targets,
+queues) and turns a batch of uint8 images into named losses. The loop only ever calls the hooks below, so adding
+a method is one new file in this package and one line in the registry (``deepclust/methods/__init__.py``).
+
+Step order in the loop (the same for every method)::
+
+    losses = method(images_uint8)            # forward: views -> {"loss": total, "<name>": part, ...}
+    backward(losses["loss"])
+    method.on_before_optimizer_step(step)    # e.g. SwAV zeroes prototype grads while they are frozen
+    optimizer.step(); scheduler update
+    method.on_after_optimizer_step(step, total_steps)   # e.g. EMA target update, prototype renormalisation
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+
+class Method(nn.Module, ABC):
+    """Base class of every trainable method.
+
+    Subclasses set ``Config`` (a dataclass of their hyper-parameters, which becomes the ``params`` section of the
+    run configuration), optionally ``DEFAULTS`` (overrides of other sections that their paper prescribes, as a
+    nested dict), and implement :meth:`forward` and :meth:`readout`.
+    """
+
+    Config: ClassVar[type | None] = None
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    trainable: ClassVar[bool] = True
+    #: which read-out gives the headline metrics: "head" (argmax of a cluster head) or "kmeans" (on features)
+    primary_readout: ClassVar[str] = "kmeans"
+
+    def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.image_shape = image_shape
+        self.num_clusters = num_clusters
+
+    @abstractmethod
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """uint8 N×C×H×W batch on the training device -> named scalar losses; ``"loss"`` is the total."""
+
+    @abstractmethod
+    def readout(self, images: Tensor) -> dict[str, Tensor]:
+        """Evaluation outputs for a uint8 batch: ``"features"`` (N×D, clustered by k-means) and, for methods
+        with a cluster head, ``"probs"`` (N×K soft assignments). Implementations run under ``torch.no_grad``."""
+
+    def on_before_optimizer_step(self, step: int) -> None:
+        """Called after backward, before the optimiser step (gradients are available)."""
+
+    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Called after the optimiser step (EMA updates, renormalisation, queues)."""
+
+    def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups: no weight decay on biases and normalisation weights (1-D tensors)."""
+        decay, no_decay = [], []
+        for param in self.parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim <= 1 else decay).append(param)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
+        ]

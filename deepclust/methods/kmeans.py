@@ -1,0 +1,84 @@
+"""The k-means baseline: cluster raw pixels (the papers' "k-means" row) or the features of a trained run."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+from omegaconf import DictConfig
+from rich.console import Console
+
+from deepclust.data import ArrayDataset, load_dataset
+from deepclust.engine.run_dir import RunDir
+from deepclust.errors import UserError
+from deepclust.evaluation import evaluate_clustering, kmeans
+
+
+class KMeansBaseline:
+    """Not trained: ``deepclust train --method kmeans`` runs :func:`run_kmeans` instead of the training loop."""
+
+    Config: ClassVar[type | None] = None
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    trainable: ClassVar[bool] = False
+    primary_readout: ClassVar[str] = "kmeans"
+
+
+def resolve_num_clusters(cfg: DictConfig, dataset: ArrayDataset) -> int:
+    """K from the config, else the dataset's number of classes; checked against the number of samples."""
+    k = cfg.data.num_clusters if cfg.data.num_clusters is not None else dataset.num_classes
+    if k is None:
+        raise UserError(f"dataset {dataset.name!r} has no known number of classes: set data.num_clusters=K")
+    if k < 2:
+        raise UserError(f"the number of clusters K must be at least 2, got {k}")
+    if k > len(dataset):
+        raise UserError(f"K={k} clusters is more than the {len(dataset)} samples of {dataset.name!r}")
+    return int(k)
+
+
+def pixel_features(dataset: ArrayDataset) -> np.ndarray:
+    """Raw pixels scaled to [0, 1] and flattened: N×(C·H·W) float32."""
+    return np.asarray(dataset.images, dtype=np.float32).reshape(len(dataset), -1) / 255.0
+
+
+def run_kmeans(cfg: DictConfig, run_dir: RunDir, console: Console | None = None) -> dict[str, Any]:
+    """Cluster ``cfg.data`` with k-means, write the run directory and return what ``metrics.json`` holds."""
+    console = console or Console(stderr=True)
+    if cfg.kmeans.features != "pixels":
+        raise UserError(
+            f"kmeans.features={cfg.kmeans.features!r}: only 'pixels' is available until a trained method exists"
+        )
+    console.print(f"loading [bold]{cfg.data.name}[/] (split {cfg.data.split})")
+    dataset = load_dataset(
+        cfg.data.name,
+        cfg.data.split,
+        cfg.data.root,
+        image_size=cfg.data.image_size,
+        folder_labels=cfg.data.folder_labels,
+    )
+    k = resolve_num_clusters(cfg, dataset)
+    features = pixel_features(dataset)
+    console.print(
+        f"k-means: {len(dataset):,} images, {features.shape[1]} pixel features, K={k}, "
+        f"{cfg.kmeans.n_init} initialisations, backend {cfg.kmeans.backend}"
+    )
+    run_dir.log("start", method="kmeans", dataset=dataset.name, samples=len(dataset), num_clusters=k)
+    started = time.perf_counter()
+    with console.status("running k-means"):
+        result = kmeans(
+            features,
+            k,
+            n_init=cfg.kmeans.n_init,
+            max_iter=cfg.kmeans.max_iter,
+            seed=cfg.seed,
+            backend=cfg.kmeans.backend,
+        )
+    seconds = time.perf_counter() - started
+    readout: dict[str, float] = {"inertia": float(result.inertia)}
+    if dataset.labels is not None:
+        readout = {**evaluate_clustering(dataset.labels, result.labels), **readout}
+    run_dir.write_assignments({"kmeans": result.labels}, "kmeans", ids=dataset.ids, labels=dataset.labels)
+    metrics = {"kmeans": readout}
+    run_dir.write_metrics(metrics, "kmeans", backend=result.backend, seconds=round(seconds, 3))
+    run_dir.log("eval", readouts=metrics, backend=result.backend, seconds=round(seconds, 3))
+    return run_dir.read_metrics()

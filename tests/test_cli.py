@@ -1,0 +1,142 @@
+"""The `deepclust` command end to end: k-means runs, run directories, evaluate, and one-line user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepclust.cli import main
+from deepclust.engine.run_dir import RunDir
+from deepclust.evaluation import evaluate_clustering
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed console script's code path, in a fresh interpreter (as a user runs it)."""
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "deepclust.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+def test_kmeans_on_digits_writes_a_complete_run_directory(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run_cli("train", "--method", "kmeans", "--dataset", "digits", "--out", str(out), "kmeans.n_init=3")
+    assert result.returncode == 0, result.stderr
+    assert "ACC" in result.stdout and str(out) in result.stdout
+
+    for name in ("config.yaml", "metrics.json", "assignments.csv", "log.jsonl"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["primary"] == "kmeans"
+    assert set(metrics["readouts"]["kmeans"]) >= {"acc", "nmi", "ari"}
+    # k-means on raw digits pixels is well above chance (published demo NMI ≈ 0.6–0.74)
+    assert metrics["acc"] > 0.6 and metrics["nmi"] > 0.6
+
+    run = RunDir(out)
+    clusters, labels, primary = run.read_assignments()
+    assert primary == "kmeans" and labels is not None and len(labels) == 1797
+    recomputed = evaluate_clustering(labels, clusters["kmeans"])
+    assert recomputed["acc"] == pytest.approx(metrics["acc"], abs=1e-12)
+    assert "n_init: 3" in (out / "config.yaml").read_text()
+
+    evaluated = run_cli("evaluate", str(out))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"{metrics['acc']:.4f}" in evaluated.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--dataset", "no-such-set"], "unknown dataset"),
+        (["train", "--method", "no-such-method"], "unknown method"),
+        (["train", "--dataset", "digits", "no.such.key=1"], "unknown configuration key"),
+        (["train", "--dataset", "digits", "optim.lr=abc"], "optim.lr"),
+        (["train", "--dataset", "digits", "notanoverride"], "key=value"),
+        (["train", "--dataset", "digits", "--clusters", "1"], "at least 2"),
+        (["train", "--dataset", "digits", "--clusters", "5000"], "more than the 1797 samples"),
+        (["train", "--config", "/no/such/file.yaml"], "config file not found"),
+        (["train", "--dataset", "folder", "--data-root", "/no/such/dir"], "/no/such/dir"),
+        (["evaluate", "/no/such/run"], "run directory not found"),
+        (["train", "--resume"], "--resume needs a run directory"),
+        (["train", "--seed", "notanint"], "invalid int value"),
+        (["nosuchcommand"], "invalid choice"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        sys.exit(main([*args, *(["--out", str(tmp_path / "r")] if args[0] == "train" else [])]))
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    assert "Traceback" not in err
+    assert message in err, err
+
+
+def test_bad_yaml_config_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [unclosed\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_config_file_and_overrides_are_merged(tmp_path: Path) -> None:
+    config = tmp_path / "k.yaml"
+    config.write_text("method: kmeans\ndata:\n  name: digits\nkmeans:\n  n_init: 2\n  backend: sklearn\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(out), "--seed", "3", "kmeans.max_iter=50"]) == 0
+    saved = RunDir(out).load_config()
+    assert (saved.kmeans.n_init, saved.kmeans.backend, saved.kmeans.max_iter, saved.seed) == (2, "sklearn", 50, 3)
+    assert saved.data.name == "digits"
+
+
+def test_evaluate_recomputes_from_assignments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`evaluate` reads assignments.csv, not metrics.json: a changed assignment changes the printed ACC."""
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--out", str(out), "kmeans.n_init=1"]) == 0
+    run = RunDir(out)
+    clusters, labels, primary = run.read_assignments()
+    assert labels is not None
+    run.write_assignments({primary: labels}, primary, labels=labels)  # a perfect clustering
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    assert "1.0000" in capsys.readouterr().out
+
+
+def test_help_on_every_subcommand() -> None:
+    for args in ([], ["datasets"], ["train"], ["evaluate"]):
+        result = run_cli(*args, "--help")
+        assert result.returncode == 0 and "usage: deepclust" in result.stdout
+
+
+def test_datasets_lists_every_dataset_with_status() -> None:
+    result = run_cli("datasets")
+    assert result.returncode == 0, result.stderr
+    for name in ("fashion-mnist", "digits", "cifar10", "cifar100-20", "stl10", "imagenet10", "imagenet-dogs"):
+        assert name in result.stdout
+    assert "found" in result.stdout and "missing" in result.stdout
+
+
+def test_assignments_csv_has_ids_labels_and_every_readout(tmp_path: Path) -> None:
+    run = RunDir(tmp_path).create()
+    run.write_assignments(
+        {"head": np.array([1, 0, 1]), "kmeans": np.array([0, 0, 1])},
+        "head",
+        ids=["a.png", "b.png", "c.png"],
+        labels=np.array([1, 0, 0]),
+        confidence=np.array([0.9, 0.5, 0.25]),
+    )
+    lines = (tmp_path / "assignments.csv").read_text().splitlines()
+    assert lines[0] == "id,label,cluster,confidence,cluster_kmeans"
+    assert lines[1] == "a.png,1,1,0.900000,0"
+    run.write_metrics({"head": {"acc": 1.0}, "kmeans": {"acc": 0.5}}, "head")
+    clusters, labels, primary = run.read_assignments()
+    assert primary == "head"
+    assert clusters["kmeans"].tolist() == [0, 0, 1] and labels is not None and labels.tolist() == [1, 0, 0]
