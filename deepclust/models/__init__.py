@@ -1,0 +1,33 @@
+"""Networks: backbones (image -> feature vector) and the heads methods put on top of them.
+
+>>> from deepclust.models import ModelConfig, build_backbone
+>>> net = build_backbone(ModelConfig(backbone="resnet18", stem="cifar"), in_channels=3, image_size=32)
+>>> net.feature_dim
+512
+"""
+
+from deepclust.models.backbones import (
+    BACKBONES,
+    STEMS,
+    Backbone,
+    ModelConfig,
+    SmallCNN,
+    Sobel,
+    build_backbone,
+    small_cnn_strides,
+)
+from deepclust.models.heads import ClusterHead, Prototypes, mlp
+
+__all__ = [
+    "BACKBONES",
+    "STEMS",
+    "Backbone",
+    "ClusterHead",
+    "ModelConfig",
+    "Prototypes",
+    "SmallCNN",
+    "Sobel",
+    "build_backbone",
+    "mlp",
+    "small_cnn_strides",
+]

@@ -1,0 +1,270 @@
+"""Tests of the batched view augmentation: shapes, per-sample randomness, each operation, seeding, config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from omegaconf import OmegaConf
+
+from deepclust.data import augment
+from deepclust.data.augment import (
+    PIPELINES,
+    AugmentConfig,
+    RandomResizedCropFlip,
+    ViewAugmenter,
+    preset,
+    resolve,
+    sample_crop_boxes,
+)
+from deepclust.errors import ConfigError
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _images(n: int, channels: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=generator)
+
+
+def _augmenter(channels: int = 3, size: int = 32, **fields: Any) -> ViewAugmenter:
+    return ViewAugmenter(AugmentConfig(**fields), channels, size, [0.5] * channels, [0.25] * channels)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("pipeline", PIPELINES)
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_views_shape_dtype_device(pipeline: str, channels: int, size: int, device: str) -> None:
+    aug = _augmenter(channels, size, pipeline=pipeline).to(device)
+    images = _images(6, channels, size).to(device)
+    views = aug(images)
+    assert len(views) == 2
+    for view in views:
+        assert view.shape == (6, channels, size, size)
+        assert view.dtype == torch.float32 and view.device.type == device
+        assert torch.isfinite(view).all()
+    assert images.dtype == torch.uint8  # the input batch is not modified or converted in place
+
+
+def test_image_size_and_three_views() -> None:
+    aug = _augmenter(3, 32, image_size=24, num_views=3)
+    views = aug(_images(4))
+    assert [tuple(v.shape) for v in views] == [(4, 3, 24, 24)] * 3
+    assert aug.eval_view(_images(4)).shape == (4, 3, 24, 24)
+    assert aug.config.blur_prob == [0.0, 0.0, 0.0]  # a uniform preset list stretches to 3 views
+
+
+def test_each_sample_gets_its_own_parameters() -> None:
+    torch.manual_seed(0)
+    images = _images(1).expand(16, -1, -1, -1).contiguous()
+    for view in _augmenter(pipeline="simclr")(images):
+        flat = view.flatten(1)
+        distances = torch.cdist(flat, flat)
+        off_diagonal = distances[~torch.eye(16, dtype=torch.bool)]
+        assert off_diagonal.min() > 1e-3
+
+
+def test_views_differ_from_each_other() -> None:
+    torch.manual_seed(0)
+    first, second = _augmenter(pipeline="byol")(_images(8))
+    assert ((first - second).flatten(1).abs().amax(dim=1) > 1e-3).all()
+
+
+def test_eval_view_is_deterministic_resize_and_normalise() -> None:
+    aug = _augmenter(3, 32, pipeline="simclr")
+    images = _images(5)
+    torch.manual_seed(0)
+    first = aug.eval_view(images)
+    torch.manual_seed(1)
+    torch.testing.assert_close(aug.eval_view(images), first)
+    torch.testing.assert_close(first, (images.float() / 255 - 0.5) / 0.25)
+    raw = _augmenter(3, 32, pipeline="cc").eval_view(images)  # CC has no normalisation
+    torch.testing.assert_close(raw, images.float() / 255)
+
+
+def test_none_pipeline_views_equal_the_eval_view() -> None:
+    aug = _augmenter(1, 28, pipeline="none")
+    images = _images(4, 1, 28)
+    for view in aug(images):
+        torch.testing.assert_close(view, aug.eval_view(images))
+
+
+def test_grayscale_images_never_run_colour_operations(monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*args: Any) -> torch.Tensor:
+        raise AssertionError("a colour-only operation ran on 1-channel images")
+
+    for name in ("_hue", "_saturation", "rgb_to_grayscale"):
+        monkeypatch.setattr(augment, name, forbidden)
+    aug = _augmenter(1, 28, pipeline="concurl", grayscale_prob=1.0)
+    jitter = aug.pipelines[0][1]
+    assert [name for name, _, _ in jitter.steps] == ["brightness", "contrast"]
+    assert not any(isinstance(op, augment.RandomGrayscale) for op in aug.modules())
+    views = aug(_images(32, 1, 28))
+    assert all(v.shape == (32, 1, 28, 28) for v in views)
+
+
+def _high_frequency_energy(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., 1:, :] - x[..., :-1, :]).square().mean() + (x[..., 1:] - x[..., :-1]).square().mean()
+
+
+def test_blur_probability_one_removes_high_frequencies() -> None:
+    torch.manual_seed(0)
+    aug = _augmenter(3, 32, pipeline="none", blur_prob=[1.0, 0.0], normalize=False)
+    blurred, sharp = aug(_images(16))
+    torch.testing.assert_close(sharp, _images(16).float() / 255)
+    assert _high_frequency_energy(blurred) < 0.6 * _high_frequency_energy(sharp)
+
+
+def test_solarize_inverts_bright_pixels() -> None:
+    aug = _augmenter(3, 32, pipeline="none", solarize_prob=[1.0, 0.0], normalize=False)
+    images = _images(4)
+    solarized, plain = aug(images)
+    x = images.float() / 255
+    torch.testing.assert_close(solarized, torch.where(x >= 0.5, 1 - x, x))
+    torch.testing.assert_close(plain, x)
+
+
+def test_hue_shift_matches_torchvision() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 6, 6)
+    x[:2] = x[:2, :1]  # gray pixels
+    x[2, 1] = x[2, 0]  # ties between the maximum channels
+    factors = torch.rand(8) - 0.5
+    expected = torch.stack([TF.adjust_hue(x[i], float(factors[i])) for i in range(8)])
+    torch.testing.assert_close(augment._hue(x, factors), expected, atol=1e-5, rtol=0)
+
+
+def test_crop_resamples_the_drawn_box_and_flips(monkeypatch: pytest.MonkeyPatch) -> None:
+    boxes = torch.tensor([[4.0, 8.0, 16.0, 16.0], [0.0, 0.0, 32.0, 32.0]])
+    monkeypatch.setattr(augment, "sample_crop_boxes", lambda *args: boxes)
+    x = torch.rand(2, 3, 32, 32)
+    cropped = RandomResizedCropFlip(16, (0.08, 1.0), (0.75, 4 / 3), flip_prob=0.0)(x)
+    torch.testing.assert_close(cropped[0], x[0, :, 8:24, 4:20])
+    flipped = RandomResizedCropFlip(32, (0.08, 1.0), (0.75, 4 / 3), flip_prob=1.0)(x)
+    torch.testing.assert_close(flipped[1], x[1].flip(-1))
+
+
+def test_crop_boxes_respect_scale_ratio_and_image() -> None:
+    torch.manual_seed(0)
+    x0, y0, w, h = sample_crop_boxes(4000, 28, 28, (0.08, 1.0), (3 / 4, 4 / 3)).unbind(1)
+    assert (x0 >= 0).all() and (y0 >= 0).all()
+    assert (x0 + w <= 28 + 1e-4).all() and (y0 + h <= 28 + 1e-4).all()
+    area = w * h / 28**2
+    assert area.min() >= 0.08 - 1e-5 and area.max() <= 1.0 + 1e-5
+    ratio = w / h
+    assert ratio.min() >= 3 / 4 - 1e-5 and ratio.max() <= 4 / 3 + 1e-5
+    assert area.std() > 0.2  # spread over the scale range, not stuck at the fallback
+    small = w < 20
+    relative_x = x0[small] / (28 - w[small])
+    assert relative_x.std() > 0.25  # uniform positions (std of U(0, 1) is 0.29)
+
+
+def _fraction(mask: torch.Tensor) -> float:
+    return mask.float().mean().item()
+
+
+def test_probabilities_are_respected() -> None:
+    torch.manual_seed(0)
+    n = 2000
+    ramp = torch.arange(32, dtype=torch.uint8).mul(8).expand(n, 3, 32, 32).contiguous()
+    ramp[:, 1] = 255 - ramp[:, 1]  # not gray
+    x = ramp.float() / 255
+    base = {"pipeline": "none", "normalize": False}
+
+    flipped = _augmenter(**base, flip_prob=0.3)(ramp)[0]
+    assert abs(_fraction((flipped - x.flip(-1)).flatten(1).abs().amax(1) < 1e-6) - 0.3) < 0.05
+
+    gray = _augmenter(**base, grayscale_prob=0.2)(ramp)[0]
+    assert abs(_fraction((gray[:, 0] - gray[:, 1]).flatten(1).abs().amax(1) < 1e-6) - 0.2) < 0.05
+
+    jittered = _augmenter(**base, jitter=[0.5, 0.0, 0.0, 0.0], jitter_prob=0.6)(ramp)[0]
+    assert abs(_fraction((jittered - x).flatten(1).abs().amax(1) > 1e-4) - 0.6) < 0.05
+
+    blurred = _augmenter(**base, blur_prob=[0.5, 0.1])(ramp)
+    changed = [_fraction((v - x).flatten(1).abs().amax(1) > 1e-4) for v in blurred]
+    assert abs(changed[0] - 0.5) < 0.05 and abs(changed[1] - 0.1) < 0.05
+
+
+def test_jitter_factors_follow_the_strength() -> None:
+    torch.manual_seed(0)
+    images = torch.full((500, 1, 8, 8), 100, dtype=torch.uint8)
+    aug = _augmenter(1, 8, pipeline="none", normalize=False, jitter=[0.4, 0, 0, 0], jitter_prob=1.0)
+    view = aug(images)[0]
+    factor = view[:, 0, 0, 0] / (100 / 255)
+    assert factor.min() >= 0.6 - 1e-5 and factor.max() <= 1.4 + 1e-5
+    assert factor.min() < 0.65 and factor.max() > 1.35
+
+
+def test_same_seed_same_views() -> None:
+    aug = _augmenter(pipeline="byol")
+    images = _images(8)
+    torch.manual_seed(3)
+    first = aug(images)
+    torch.manual_seed(3)
+    again = aug(images)
+    torch.manual_seed(4)
+    other = aug(images)
+    for a, b, c in zip(first, again, other, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert not torch.allclose(a, c)
+
+
+def test_views_stay_float32_under_autocast_and_accept_float_input() -> None:
+    aug = _augmenter(pipeline="simclr")
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        views = aug(_images(4))
+    assert all(v.dtype == torch.float32 for v in views)
+    floats = _images(4).float() / 255
+    assert aug(floats)[0].shape == (4, 3, 32, 32)
+    torch.testing.assert_close(floats, _images(4).float() / 255)  # not modified in place
+    with pytest.raises(ValueError, match="N×3×H×W"):
+        aug(_images(4, channels=1))
+
+
+def test_presets_follow_the_papers() -> None:
+    byol = preset("byol")
+    assert byol.blur_prob == [1.0, 0.1] and byol.solarize_prob == [0.0, 0.2]
+    assert byol.jitter == [0.4, 0.4, 0.2, 0.1] and byol.jitter_prob == 0.8
+    assert preset("simclr").jitter == pytest.approx([0.4, 0.4, 0.4, 0.1])
+    assert preset("cc").normalize is False
+    assert preset("concurl").crop_scale == [0.2, 1.0] and preset("concurl").jitter_prob == 1.0
+    assert preset("swav").crop_scale == [0.14, 1.0] and preset("swav").blur_prob == [0.5, 0.5]
+
+
+def test_fields_override_the_pipeline_preset() -> None:
+    section = OmegaConf.structured(AugmentConfig)
+    section.pipeline = "byol"
+    assert resolve(section).blur_prob == [1.0, 0.1]
+    section.blur_prob = [0.0, 0.0]
+    section.jitter_strength = 1.0
+    resolved = resolve(section)
+    assert resolved.blur_prob == [0.0, 0.0] and resolved.solarize_prob == [0.0, 0.2]
+    assert resolved.jitter == pytest.approx([0.8, 0.8, 0.8, 0.2])
+    section.jitter = [0.1, 0.2, 0.3, 0.4]
+    assert resolve(section).jitter == [0.1, 0.2, 0.3, 0.4]
+
+
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"pipeline": "autoaugment"}, "simclr, byol"),
+        ({"flip_prob": 1.5}, "flip_prob"),
+        ({"solarize_prob": [0.0, -0.1]}, "solarize_prob"),
+        ({"blur_prob": [0.5]}, "one probability per view"),
+        ({"pipeline": "byol", "num_views": 3}, "blur_prob"),
+        ({"num_views": 0}, "num_views"),
+        ({"crop_scale": [0.5, 0.2]}, "crop_scale"),
+        ({"crop_scale": [0.0, 1.0]}, "crop_scale"),
+        ({"crop_scale": [0.5, 1.5]}, "crop_scale"),
+        ({"crop_scale": [0.5]}, "crop_scale"),
+        ({"crop_ratio": [2.0, 1.0]}, "crop_ratio"),
+        ({"jitter": [0.4, 0.4, 0.4, 0.7]}, "hue"),
+        ({"jitter_strength": -1.0}, "jitter_strength"),
+        ({"image_size": 0}, "image_size"),
+    ],
+)
+def test_bad_config_is_a_config_error(fields: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        _augmenter(**fields)

@@ -1,0 +1,195 @@
+"""Tests of the backbones (shapes, stems, widths, Sobel input, precision/memory formats) and the heads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from deepclust.errors import ConfigError
+from deepclust.models import (
+    BACKBONES,
+    ClusterHead,
+    ModelConfig,
+    Prototypes,
+    Sobel,
+    build_backbone,
+    mlp,
+    small_cnn_strides,
+)
+
+RESNET_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+
+
+def _features(cfg: ModelConfig, channels: int, size: int, batch: int = 2) -> tuple[torch.Tensor, int]:
+    torch.manual_seed(0)
+    net = build_backbone(cfg, channels, size).eval()
+    with torch.no_grad():
+        out = net(torch.randn(batch, channels, size, size))
+    return out, net.feature_dim
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "resnet34"])
+def test_backbone_gives_declared_feature_dim(name: str, channels: int, size: int) -> None:
+    out, dim = _features(ModelConfig(backbone=name), channels, size)
+    assert out.shape == (2, dim)
+    assert dim == RESNET_DIMS.get(name, 2 * 64)
+    assert torch.isfinite(out).all()
+
+
+def test_resnet50_on_one_cifar_image() -> None:
+    out, dim = _features(ModelConfig(backbone="resnet50"), 3, 32, batch=1)
+    assert out.shape == (1, 2048) and dim == 2048
+
+
+def test_small_cnn_on_8px_digits() -> None:
+    out, dim = _features(ModelConfig(width=16), 1, 8, batch=4)
+    assert out.shape == (4, dim) and dim == 32
+
+
+@pytest.mark.parametrize(
+    "size,strides",
+    [(8, [1, 2, 2]), (28, [2, 2, 2]), (32, [2, 2, 2]), (96, [2, 2, 2, 2, 2]), (4, [1, 1, 2]), (2, [1, 1, 1])],
+)
+def test_small_cnn_stride_plan(size: int, strides: list[int]) -> None:
+    assert small_cnn_strides(size) == strides
+    body = build_backbone(ModelConfig(width=8), 1, size).body
+    convs = [m for m in body.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.stride[0] for c in convs] == strides
+    assert [c.out_channels for c in convs][:3] == [8, 16, 16]
+
+
+def test_cifar_and_imagenet_stems() -> None:
+    cifar = build_backbone(ModelConfig(backbone="resnet18", stem="cifar"), 1, 28).body
+    assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1)
+    assert cifar.conv1.in_channels == 1
+    assert isinstance(cifar.maxpool, nn.Identity)
+    imagenet = build_backbone(ModelConfig(backbone="resnet18", stem="imagenet"), 3, 32).body
+    assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.stride == (2, 2)
+    assert isinstance(imagenet.maxpool, nn.MaxPool2d)
+    assert isinstance(imagenet.fc, nn.Identity)
+
+
+def test_resnet_width_scales_channels_and_features() -> None:
+    narrow = build_backbone(ModelConfig(backbone="resnet18", width=32), 3, 32)
+    standard = build_backbone(ModelConfig(backbone="resnet18"), 3, 32)
+    assert narrow.feature_dim == 256
+    assert narrow.body.conv1.out_channels == 32 and narrow.body.layer4[-1].conv2.out_channels == 256
+    ratio = sum(p.numel() for p in narrow.parameters()) / sum(p.numel() for p in standard.parameters())
+    assert 0.2 < ratio < 0.3
+    with torch.no_grad():
+        assert narrow.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 256)
+
+
+def test_sobel_gradients_of_a_step_image() -> None:
+    image = torch.zeros(1, 1, 8, 8)
+    image[..., 4:] = 1.0  # intensity steps up between columns 3 and 4
+    grad = Sobel(1)(image)
+    assert grad.shape == (1, 2, 8, 8)
+    expected_x = torch.zeros(8, 8)
+    expected_x[:, 3:5] = 4.0
+    torch.testing.assert_close(grad[0, 0], expected_x)
+    torch.testing.assert_close(grad[0, 1], torch.zeros(8, 8))
+    # The transposed step shows up in the vertical channel; an RGB gray image gives the same gradients.
+    rgb = image.transpose(-1, -2).expand(1, 3, 8, 8)
+    grad_rgb = Sobel(3)(rgb)
+    torch.testing.assert_close(grad_rgb[0, 1], expected_x.t())
+    torch.testing.assert_close(grad_rgb[0, 0], torch.zeros(8, 8))
+
+
+def test_sobel_backbone_feeds_two_channels_and_has_no_trainable_filter() -> None:
+    net = build_backbone(ModelConfig(backbone="resnet18", sobel=True), 3, 32)
+    assert isinstance(net.input_filter, Sobel)
+    assert net.body.conv1.in_channels == 2
+    assert list(net.input_filter.parameters()) == []
+    assert "input_filter.kernels" not in net.state_dict()
+    with torch.no_grad():
+        assert net.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    with pytest.raises(ConfigError, match="1- or 3-channel"):
+        build_backbone(ModelConfig(sobel=True), 2, 28)
+
+
+def test_small_cnn_trains_in_channels_last_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    net = build_backbone(ModelConfig(width=8), 1, 28).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = net(x)
+    assert out.dtype == torch.bfloat16 and out.shape == (8, 16)
+    out.float().square().mean().backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_omegaconf_section_is_accepted() -> None:
+    section = OmegaConf.structured(ModelConfig(backbone="resnet18", width=16))
+    assert build_backbone(section, 3, 32).feature_dim == 128
+
+
+@pytest.mark.parametrize(
+    "cfg,match",
+    [
+        (ModelConfig(backbone="resnet101"), "small_cnn, resnet18, resnet34, resnet50"),
+        (ModelConfig(stem="tiny"), "cifar, imagenet"),
+        (ModelConfig(width=0), "model.width"),
+    ],
+)
+def test_bad_model_config_is_a_config_error(cfg: ModelConfig, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build_backbone(cfg, 3, 32)
+
+
+def test_every_listed_backbone_builds_at_a_scaled_width() -> None:
+    expected = {"small_cnn": 16, "resnet18": 64, "resnet34": 64, "resnet50": 256}
+    assert set(expected) == set(BACKBONES)
+    for name in BACKBONES:
+        net = build_backbone(ModelConfig(backbone=name, width=8), 3, 32).eval()
+        assert net.feature_dim == expected[name]
+        with torch.no_grad():
+            assert net(torch.randn(1, 3, 32, 32)).shape == (1, expected[name])
+
+
+def test_mlp_layer_structure() -> None:
+    head = mlp(8, 16, 4)
+    assert [type(m) for m in head] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert head[0].bias is None and head[3].bias is not None
+    assert (head[0].in_features, head[0].out_features, head[3].out_features) == (8, 16, 4)
+    cc = mlp(8, 8, 3, batch_norm=False)
+    assert [type(m) for m in cc] == [nn.Linear, nn.ReLU, nn.Linear]
+    deep = mlp(8, 16, 4, num_layers=3, last_batch_norm=True)
+    assert [type(m) for m in deep] == [nn.Linear, nn.BatchNorm1d, nn.ReLU] * 2 + [nn.Linear, nn.BatchNorm1d]
+    assert [type(m) for m in mlp(8, 16, 4, num_layers=1)] == [nn.Linear]
+    assert mlp(8, 16, 4)(torch.randn(5, 8)).shape == (5, 4)
+    with pytest.raises(ConfigError):
+        mlp(8, 16, 4, num_layers=0)
+
+
+def test_prototypes_score_cosines_and_renormalise() -> None:
+    torch.manual_seed(0)
+    protos = Prototypes(6, 5)
+    torch.testing.assert_close(protos.weight.norm(dim=1), torch.ones(5))
+    z = 100 * torch.randn(7, 6)
+    with torch.no_grad():
+        protos.weight.mul_(torch.linspace(0.5, 3.0, 5).unsqueeze(1))
+    scores = protos(z)
+    assert scores.shape == (7, 5)
+    assert scores.abs().max() <= 1.0 + 1e-6
+    expected = torch.nn.functional.cosine_similarity(z.unsqueeze(1), protos.weight.unsqueeze(0), dim=2)
+    torch.testing.assert_close(scores, expected)
+    protos.normalize_()
+    torch.testing.assert_close(protos.weight.norm(dim=1), torch.ones(5))
+    assert protos.weight.requires_grad
+
+
+def test_cluster_head_gives_probabilities_and_logits() -> None:
+    torch.manual_seed(0)
+    head = ClusterHead(12, 4)
+    assert [type(m) for m in head.net] == [nn.Linear, nn.ReLU, nn.Linear]
+    h = torch.randn(9, 12)
+    probs = head(h)
+    assert probs.shape == (9, 4) and probs.dtype == torch.float32
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(9))
+    torch.testing.assert_close(probs, head.logits(h).softmax(dim=1))
