@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
-    datasets = commands.add_parser("datasets", help="list the datasets, whether their files were found and where")
+    datasets = commands.add_parser(
+        "datasets", help="list the datasets, whether their files were found and where"
+    )
     datasets.add_argument("--data-root", help="directory to look in first (default: $DEEPCLUST_DATA)")
 
     train = commands.add_parser(
@@ -58,10 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", help="run name (default <method>-<dataset>-<time>)")
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
-    train.add_argument("--data-root", help="where the dataset files are (default: $DEEPCLUST_DATA, then system paths)")
+    train.add_argument(
+        "--data-root", help="where the dataset files are (default: $DEEPCLUST_DATA, then system paths)"
+    )
     train.add_argument("--clusters", type=int, help="number of clusters K (default: the number of classes)")
     train.add_argument("--epochs", type=int, help="training epochs")
-    train.add_argument("--time-budget", type=float, metavar="MINUTES", help="stop training cleanly after MINUTES")
+    train.add_argument(
+        "--time-budget", type=float, metavar="MINUTES", help="stop training cleanly after MINUTES"
+    )
     train.add_argument(
         "--resume",
         nargs="?",
@@ -86,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"deepclust: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("deepclust: interrupted; a training run continues with `deepclust train --resume RUN_DIR`", file=sys.stderr)
+        print(
+            "deepclust: interrupted; a training run continues with `deepclust train --resume RUN_DIR`",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -140,13 +149,19 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
         cfg.out = str(run.path)
         return cfg, run.path, True
     cfg = build_config(
-        method=args.method, dataset=args.dataset, config_file=args.config, flags=flags, overrides=args.overrides
+        method=args.method,
+        dataset=args.dataset,
+        config_file=args.config,
+        flags=flags,
+        overrides=args.overrides,
     )
     if cfg.name is None:
         cfg.name = f"{cfg.method}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(args.out or cfg.out or Path("runs") / cfg.name)
     if (out / "checkpoints" / "last.pt").is_file():
-        raise UserError(f"{out} already holds a training run; continue it with --resume {out}, or pick another --out")
+        raise UserError(
+            f"{out} already holds a training run; continue it with --resume {out}, or pick another --out"
+        )
     cfg.out = str(out)
     return cfg, out, False
 

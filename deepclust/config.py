@@ -75,7 +75,9 @@ class TrainConfig:
     epochs: int = 100
     max_steps: int | None = None
     time_budget_minutes: float | None = None  # stop cleanly at the budget, then evaluate and save
-    precision: str = "auto"  # auto (bf16-mixed on GPU and on CPUs with bf16 units, else 32) | 32 | bf16-mixed | 16-mixed
+    precision: str = (
+        "auto"  # auto (bf16-mixed on GPU and on CPUs with bf16 units, else 32) | 32 | bf16-mixed | 16-mixed
+    )
     devices: int = 1  # processes per node (GPUs, or CPU processes with --device cpu)
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp
@@ -117,8 +119,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = OmegaConf.create({"v": raw} if raw == "" else f"v: {raw}")["v"]
     except OmegaConfBaseException as err:
-        raise ConfigError(f"bad override {text!r}: cannot parse the value ({err.msg})") from None
+        raise ConfigError(f"bad override {text!r}: cannot parse the value ({_first_line(err)})") from None
     return key.strip(), value
+
+
+def _first_line(err: OmegaConfBaseException) -> str:
+    """OmegaConf messages carry extra lines (full_key, object_type): keep the sentence."""
+    return str(getattr(err, "msg", None) or err).splitlines()[0]
 
 
 def _merge(base: DictConfig, update: Mapping[str, Any] | DictConfig, origin: str) -> DictConfig:
@@ -127,7 +134,7 @@ def _merge(base: DictConfig, update: Mapping[str, Any] | DictConfig, origin: str
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or ""
         where = f" at {key!r}" if key else ""
-        raise ConfigError(f"{origin}: invalid configuration{where}: {err.msg}") from None
+        raise ConfigError(f"{origin}: invalid configuration{where}: {_first_line(err)}") from None
 
 
 def load_yaml(path: str | Path) -> DictConfig:
@@ -218,7 +225,7 @@ def _set(cfg: DictConfig, key: str, value: Any, origin: str) -> None:
     try:
         OmegaConf.update(cfg, key, value, merge=False)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"{origin}: {err.msg}") from None
+        raise ConfigError(f"{origin}: {_first_line(err)}") from None
 
 
 def _validate(cfg: DictConfig) -> None:

@@ -20,13 +20,20 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     """The installed console script's code path, in a fresh interpreter (as a user runs it)."""
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "deepclust.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+        [sys.executable, "-m", "deepclust.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
     )
 
 
 def test_kmeans_on_digits_writes_a_complete_run_directory(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = run_cli("train", "--method", "kmeans", "--dataset", "digits", "--out", str(out), "kmeans.n_init=3")
+    result = run_cli(
+        "train", "--method", "kmeans", "--dataset", "digits", "--out", str(out), "kmeans.n_init=3"
+    )
     assert result.returncode == 0, result.stderr
     assert "ACC" in result.stdout and str(out) in result.stdout
 
@@ -72,7 +79,18 @@ def test_user_errors_are_one_line_and_exit_2(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     with pytest.raises(SystemExit) as exited:
-        sys.exit(main([*args, *(["--out", str(tmp_path / "r")] if args[0] == "train" else [])]))
+        sys.exit(
+            main(
+                [
+                    *args,
+                    *(
+                        ["--out", str(tmp_path / "r")]
+                        if args[:1] == ["train"] and "--resume" not in args
+                        else []
+                    ),
+                ]
+            )
+        )
     assert exited.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err, err
@@ -91,9 +109,16 @@ def test_config_file_and_overrides_are_merged(tmp_path: Path) -> None:
     config = tmp_path / "k.yaml"
     config.write_text("method: kmeans\ndata:\n  name: digits\nkmeans:\n  n_init: 2\n  backend: sklearn\n")
     out = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--out", str(out), "--seed", "3", "kmeans.max_iter=50"]) == 0
+    assert (
+        main(["train", "--config", str(config), "--out", str(out), "--seed", "3", "kmeans.max_iter=50"]) == 0
+    )
     saved = RunDir(out).load_config()
-    assert (saved.kmeans.n_init, saved.kmeans.backend, saved.kmeans.max_iter, saved.seed) == (2, "sklearn", 50, 3)
+    assert (saved.kmeans.n_init, saved.kmeans.backend, saved.kmeans.max_iter, saved.seed) == (
+        2,
+        "sklearn",
+        50,
+        3,
+    )
     assert saved.data.name == "digits"
 
 

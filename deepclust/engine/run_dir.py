@@ -124,7 +124,9 @@ class RunDir:
             columns.append(np.asarray(labels).tolist())
         columns.append(np.asarray(clusters[primary]).tolist())
         columns.append(
-            [f"{c:.6f}" for c in np.asarray(confidence, dtype=np.float64)] if confidence is not None else [""] * n
+            [f"{c:.6f}" for c in np.asarray(confidence, dtype=np.float64)]
+            if confidence is not None
+            else [""] * n
         )
         columns += [np.asarray(clusters[name]).tolist() for name in names[1:]]
         target = self.path / ASSIGNMENTS
@@ -148,7 +150,9 @@ class RunDir:
         if header is None or "cluster" not in header:
             raise UserError(f"{path} is not a deepclust assignments file (no 'cluster' column)")
         table = {name: [row[i] for row in rows] for i, name in enumerate(header)}
-        primary = self.read_metrics().get("primary", "primary") if (self.path / METRICS).is_file() else "primary"
+        primary = (
+            self.read_metrics().get("primary", "primary") if (self.path / METRICS).is_file() else "primary"
+        )
         clusters = {primary: np.asarray(table["cluster"], dtype=np.int64)}
         for name in header:
             if name.startswith("cluster_"):
