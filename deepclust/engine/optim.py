@@ -1,0 +1,114 @@
+"""Optimisers (Adam, AdamW, SGD, LARS) and the learning-rate schedule as a pure function of the step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.optim import Optimizer
+
+
+class LARS(Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017), as used by BYOL and SwAV.
+
+    For every parameter tensor not in a group with ``lars_exclude=True`` (biases, normalisation weights)::
+
+        g ← g + wd·w;   g ← g · η‖w‖/‖g‖ (when both norms are > 0);   v ← m·v + g;   w ← w − lr·v
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "trust_coefficient": trust_coefficient,
+            "lars_exclude": False,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                if not group["lars_exclude"]:
+                    if group["weight_decay"]:
+                        grad = grad.add(param, alpha=group["weight_decay"])
+                    param_norm, grad_norm = torch.linalg.vector_norm(param), torch.linalg.vector_norm(grad)
+                    trust = torch.where(
+                        (param_norm > 0) & (grad_norm > 0),
+                        group["trust_coefficient"] * param_norm / grad_norm,
+                        torch.ones_like(param_norm),
+                    )
+                    grad = grad * trust
+                buffer = self.state[param].get("momentum_buffer")
+                if buffer is None:
+                    buffer = self.state[param]["momentum_buffer"] = grad.clone()
+                else:
+                    buffer.mul_(group["momentum"]).add_(grad)
+                param.add_(buffer, alpha=-group["lr"])
+        return loss
+
+
+def scaled_lr(optim_cfg: DictConfig, global_batch: int) -> float:
+    """The base learning rate after batch-size scaling (Goyal et al. 2017 linear rule, or square root)."""
+    if optim_cfg.lr_scaling == "linear":
+        return optim_cfg.lr * global_batch / 256
+    if optim_cfg.lr_scaling == "sqrt":
+        return optim_cfg.lr * math.sqrt(global_batch / 256)
+    return float(optim_cfg.lr)
+
+
+def build_optimizer(
+    param_groups: list[dict[str, Any]], optim_cfg: DictConfig, global_batch: int
+) -> Optimizer:
+    """The optimiser named by ``optim.name``; groups keep their own weight decay (and LARS exclusion)."""
+    lr = scaled_lr(optim_cfg, global_batch)
+    name = optim_cfg.name
+    for group in param_groups:
+        group["base_lr"] = lr
+    if name == "lars":
+        return LARS(param_groups, lr=lr, momentum=optim_cfg.momentum, weight_decay=optim_cfg.weight_decay)
+    groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in param_groups]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=optim_cfg.momentum)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.Adam(groups, lr=lr)
+
+
+def lr_at(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    base_lr: float,
+    schedule: str = "cosine",
+    min_lr_ratio: float = 0.0,
+) -> float:
+    """Linear warm-up from ~0 to ``base_lr`` over ``warmup_steps``, then constant or cosine to ``min_lr_ratio``·lr."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    floor = base_lr * min_lr_ratio
+    return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

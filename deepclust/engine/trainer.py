@@ -1,0 +1,410 @@
+"""The one training loop. It never knows which method runs: see ``deepclust/methods/base.py`` for the contract.
+
+Lightning Fabric provides devices, precision (autocast), the DDP strategy and process launching; the loop itself
+stays explicit so the step order, the resume state and on-device augmentation are visible in one place.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric import Fabric
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from deepclust.config import to_yaml
+from deepclust.data import ArrayDataset, load_dataset
+from deepclust.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from deepclust.engine.data import TrainBatches
+from deepclust.engine.optim import build_optimizer, lr_at, set_lr
+from deepclust.engine.run_dir import RunDir
+from deepclust.errors import ConfigError, UserError
+from deepclust.evaluation.readout import ReadoutResult, compute_readouts, extract
+from deepclust.methods import Method, method_class
+from deepclust.methods.kmeans import resolve_num_clusters
+
+
+class TrainingDiverged(Exception):
+    """A loss became NaN or infinite; the last good state was saved first."""
+
+
+@dataclass
+class LoopState:
+    """Where training is: everything besides the weights that a resume needs."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # next batch index within the epoch
+    elapsed_s: float = 0.0  # training wall-clock time over all sessions (for the time budget)
+    best_score: float = -math.inf
+
+
+@cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AMX or AVX512-BF16), where bf16 autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def fabric_settings(cfg: DictConfig) -> dict[str, Any]:
+    """Accelerator, devices, strategy and precision for Fabric from ``cfg.device`` and ``cfg.train``."""
+    device = str(cfg.device)
+    cuda = torch.cuda.is_available()
+    if device in ("cuda", "gpu") or device.startswith("cuda:"):
+        if not cuda:
+            raise UserError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
+        accelerator = "cuda"
+    elif device == "cpu":
+        accelerator = "cpu"
+    elif device == "auto":
+        accelerator = "cuda" if cuda else "cpu"
+    else:
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    devices: int | list[int] = cfg.train.devices
+    if device.startswith("cuda:"):
+        devices = [int(device.split(":", 1)[1])]
+    precision = str(cfg.train.precision)
+    if precision == "auto":
+        if accelerator == "cuda":
+            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        else:
+            precision = "bf16-mixed" if cpu_has_bf16() else "32-true"
+    elif precision == "32":
+        precision = "32-true"
+    multi = cfg.train.num_nodes > 1 or (isinstance(devices, int) and devices > 1)
+    strategy = "ddp" if cfg.train.strategy == "ddp" or multi else "auto"
+    return {
+        "accelerator": accelerator,
+        "devices": devices,
+        "num_nodes": cfg.train.num_nodes,
+        "strategy": strategy,
+        "precision": precision,
+    }
+
+
+class Trainer:
+    """One run: built from a config, then :meth:`fit`."""
+
+    def __init__(self, cfg: DictConfig, run_dir: RunDir, *, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.resume = resume
+        self.fabric = Fabric(**fabric_settings(cfg))
+        self.fabric.launch()
+        self.console = Console(stderr=True, quiet=not self.fabric.is_global_zero)
+        self.fabric.seed_everything(cfg.seed, verbose=False)
+        self.dataset: ArrayDataset = load_dataset(
+            cfg.data.name,
+            cfg.data.split,
+            cfg.data.root,
+            image_size=cfg.data.image_size,
+            folder_labels=cfg.data.folder_labels,
+        )
+        self.num_clusters = resolve_num_clusters(cfg, self.dataset)
+        method: Method = method_class(cfg.method)(cfg, self.dataset.image_shape, self.num_clusters)
+        if self.fabric.world_size > 1 and cfg.train.sync_batchnorm:
+            method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        if cfg.train.channels_last:
+            method = method.to(memory_format=torch.channels_last)
+        if cfg.train.compile and hasattr(method, "backbone"):
+            method.backbone = torch.compile(method.backbone)
+        self.method = method
+        global_batch = cfg.optim.batch_size * self.fabric.world_size
+        optimizer = build_optimizer(method.parameter_groups(cfg.optim.weight_decay), cfg.optim, global_batch)
+        self.model, self.optimizer = self.fabric.setup(method, optimizer)
+        self.batches = TrainBatches(
+            self.dataset,
+            cfg.optim.batch_size,
+            rank=self.fabric.global_rank,
+            world_size=self.fabric.world_size,
+            seed=cfg.seed,
+            pin_memory=self.fabric.device.type == "cuda",
+        )
+        if len(self.batches) == 0:
+            raise UserError(
+                f"{len(self.dataset)} samples are fewer than one global batch of {global_batch}: "
+                "lower optim.batch_size"
+            )
+        self.total_steps = cfg.train.epochs * len(self.batches)
+        if cfg.train.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        self.warmup_steps = round(cfg.optim.warmup_epochs * len(self.batches))
+        self.base_lr = optimizer.param_groups[0]["base_lr"]
+        self.state = LoopState()
+        self.tensorboard = (
+            self._tensorboard() if cfg.train.tensorboard and self.fabric.is_global_zero else None
+        )
+        if resume:
+            self._restore()
+
+    # ----------------------------------------------------------------------------------------------- state
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir.checkpoint_dir / "last.pt"
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return {
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "loop": vars(self.state).copy(),
+            "rng": rng_state(),
+            "config": to_yaml(self.cfg),
+        }
+
+    def save(self, path: Path | None = None) -> None:
+        if self.fabric.is_global_zero:
+            save_checkpoint(self._checkpoint(), path or self.last_path)
+        self.fabric.barrier()
+
+    def _restore(self) -> None:
+        if not self.last_path.is_file():
+            raise UserError(f"nothing to resume: {self.last_path} does not exist")
+        checkpoint = load_checkpoint(self.last_path)
+        self.method.load_state_dict(checkpoint["method"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.state = LoopState(**checkpoint["loop"])
+        set_rng_state(checkpoint["rng"])
+        self.run_dir.log("resume", step=self.state.step, epoch=self.state.epoch)
+        self.console.print(f"resumed from {self.last_path} at step {self.state.step}")
+
+    def _tensorboard(self) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError(
+                "train.tensorboard=true needs TensorBoard: pip install 'deepclust[tensorboard]'"
+            ) from None
+        return SummaryWriter(str(self.run_dir.path / "tensorboard"))
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        cfg, state = self.cfg, self.state
+        budget_s = cfg.train.time_budget_minutes * 60 if cfg.train.time_budget_minutes else math.inf
+        self.run_dir.log(
+            "start",
+            method=cfg.method,
+            dataset=self.dataset.name,
+            samples=len(self.dataset),
+            num_clusters=self.num_clusters,
+            total_steps=self.total_steps,
+            world_size=self.fabric.world_size,
+            precision=self.fabric._precision.precision if hasattr(self.fabric, "_precision") else None,
+        )
+        progress = self._progress()
+        task = progress.add_task("training", total=self.total_steps, completed=state.step, status="")
+        session_start = time.perf_counter() - state.elapsed_s
+        window = {"start": time.perf_counter(), "data": 0.0, "steps": 0}
+        stop_reason = "epochs"
+        images_per_step = cfg.optim.batch_size * self.fabric.world_size
+        with progress:
+            while state.step < self.total_steps:
+                epoch_batches = self.batches.epoch(state.epoch, start=state.batch)
+                wait_start = time.perf_counter()
+                for images, _ in epoch_batches:
+                    window["data"] += time.perf_counter() - wait_start
+                    losses = self._step(images.to(self.fabric.device, non_blocking=True))
+                    state.batch += 1
+                    window["steps"] += 1
+                    state.elapsed_s = time.perf_counter() - session_start
+                    if state.step % cfg.train.log_every_steps == 0 or state.step == self.total_steps:
+                        self._log_window(losses, window, images_per_step, progress, task)
+                    if state.step % cfg.train.checkpoint_every_steps == 0:
+                        self.save()
+                    if state.step >= self.total_steps:
+                        break
+                    if state.elapsed_s >= budget_s:
+                        stop_reason = "time budget"
+                        break
+                    wait_start = time.perf_counter()
+                if stop_reason == "time budget":
+                    break
+                if state.batch >= len(self.batches):
+                    state.epoch += 1
+                    state.batch = 0
+                    self.save()
+                    if state.epoch % cfg.train.eval_every_epochs == 0 and state.step < self.total_steps:
+                        self.evaluate()
+                        session_start = (
+                            time.perf_counter() - state.elapsed_s
+                        )  # evaluation is not training time
+        if stop_reason == "time budget":
+            self.console.print(
+                f"time budget of {cfg.train.time_budget_minutes} min reached at step {state.step}"
+            )
+        self.save()
+        self.run_dir.log("stop", step=state.step, reason=stop_reason, elapsed_s=round(state.elapsed_s, 2))
+        metrics = self.evaluate()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        self.console.print(f"run directory: {self.run_dir.path}")
+        return metrics
+
+    def _step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step, in the order of ``deepclust/methods/base.py``."""
+        state, cfg = self.state, self.cfg
+        set_lr(
+            self.optimizer,
+            lr_at(
+                state.step,
+                self.total_steps,
+                self.warmup_steps,
+                self.base_lr,
+                cfg.optim.schedule,
+                cfg.optim.min_lr_ratio,
+            ),
+        )
+        if cfg.train.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        losses = self.model(images)
+        total = losses["loss"]
+        if not torch.isfinite(total.detach()):
+            self._diverged(losses)
+        self.fabric.backward(total)
+        self.method.on_before_optimizer_step(state.step)
+        if cfg.optim.grad_clip:
+            self.fabric.clip_gradients(self.model, self.optimizer, max_norm=cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.on_after_optimizer_step(state.step, self.total_steps)
+        state.step += 1
+        return losses
+
+    def _diverged(self, losses: dict[str, torch.Tensor]) -> None:
+        bad = [
+            name for name, value in losses.items() if name != "loss" and not torch.isfinite(value.detach())
+        ]
+        self.save()  # the state before this step: nothing was updated yet
+        self.run_dir.log("diverged", step=self.state.step, losses=bad or ["loss"])
+        raise TrainingDiverged(
+            f"non-finite loss at step {self.state.step} ({', '.join(bad or ['loss'])}); the state before it is in "
+            f"{self.last_path}. Lower optim.lr, or use train.precision=32"
+        )
+
+    def _log_window(
+        self,
+        losses: dict[str, torch.Tensor],
+        window: dict[str, float],
+        images_per_step: int,
+        progress: Progress,
+        task: Any,
+    ) -> None:
+        now = time.perf_counter()
+        seconds = max(now - window["start"], 1e-9)
+        values = {name: round(float(value.detach()), 6) for name, value in losses.items()}
+        record = {
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            **values,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": round(window["steps"] * images_per_step / seconds, 1),
+            "data_share": round(window["data"] / seconds, 4),
+        }
+        if self.fabric.is_global_zero:
+            self.run_dir.log("train", **record)
+            if self.tensorboard is not None:
+                for key in (*values, "lr", "images_per_s"):
+                    self.tensorboard.add_scalar(f"train/{key}", record[key], self.state.step)
+        status = f"loss {values['loss']:.4f}  {record['images_per_s']:.0f} img/s"
+        progress.update(task, completed=self.state.step, status=status)
+        if not sys.stderr.isatty() and self.cfg.train.progress and self.fabric.is_global_zero:
+            print(
+                f"step {self.state.step}/{self.total_steps} epoch {self.state.epoch} {status}",
+                file=sys.stderr,
+            )
+        window.update(start=now, data=0.0, steps=0)
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not (self.cfg.train.progress and self.fabric.is_global_zero and sys.stderr.isatty()),
+        )
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, Any]:
+        """Read-outs on the whole dataset (rank 0), metrics.json + assignments.csv, best checkpoint, warnings."""
+        metrics: dict[str, Any] = {}
+        if self.fabric.is_global_zero:
+            with self.console.status("evaluating on the full dataset"):
+                outputs = extract(
+                    self.method, self.dataset, self.fabric.device, autocast=self.fabric.autocast
+                )
+                result = compute_readouts(
+                    outputs, self.dataset.labels, self.num_clusters, self.cfg.kmeans, self.cfg.seed
+                )
+            metrics = self._write_evaluation(result)
+        self.fabric.barrier()
+        return metrics
+
+    def _write_evaluation(self, result: ReadoutResult) -> dict[str, Any]:
+        primary = self.method.primary_readout
+        readouts = result.metrics or {name: {} for name in result.clusters}
+        self.run_dir.write_assignments(
+            result.clusters,
+            primary,
+            ids=self.dataset.ids,
+            labels=self.dataset.labels,
+            confidence=result.confidence,
+        )
+        self.run_dir.write_metrics(
+            readouts, primary, step=self.state.step, epoch=self.state.epoch, stats=result.stats
+        )
+        self.run_dir.log(
+            "eval",
+            step=self.state.step,
+            epoch=self.state.epoch,
+            primary=primary,
+            readouts=readouts,
+            stats=result.stats,
+        )
+        if self.tensorboard is not None:
+            for name, values in readouts.items():
+                for key, value in values.items():
+                    self.tensorboard.add_scalar(f"eval/{name}_{key}", value, self.state.step)
+        self._warn_collapse(result)
+        score = readouts.get(primary, {}).get("acc")
+        if score is not None and score > self.state.best_score:
+            # label-based model selection, reported apart from the last state (see docs/engine.md)
+            self.state.best_score = score
+            save_checkpoint(self._checkpoint(), self.run_dir.checkpoint_dir / "best.pt")
+        summary = "  ".join(
+            f"{name}: ACC {v['acc']:.4f} NMI {v['nmi']:.4f}" for name, v in readouts.items() if "acc" in v
+        )
+        if summary:
+            self.console.print(f"step {self.state.step} epoch {self.state.epoch}  {summary}")
+        return self.run_dir.read_metrics()
+
+    def _warn_collapse(self, result: ReadoutResult) -> None:
+        limit = self.cfg.train.collapse_warning_fraction
+        for name, share in result.stats["largest_cluster_share"].items():
+            if share > limit:
+                message = f"read-out {name!r}: one cluster holds {share:.0%} of the samples (collapse?)"
+                warnings.warn(message, stacklevel=2)
+                self.run_dir.log("collapse_warning", readout=name, largest_cluster_share=share)
+        if result.stats["feature_variance"] < 1e-6:
+            warnings.warn(
+                "the features' variance is near zero: the representation has collapsed", stacklevel=2
+            )
+            self.run_dir.log("collapse_warning", feature_variance=result.stats["feature_variance"])
+
+
+def train(cfg: DictConfig, run_dir: RunDir, *, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg.method`` on ``cfg.data`` into ``run_dir`` (resuming from its last checkpoint if asked)."""
+    return Trainer(cfg, run_dir, resume=resume).fit()

@@ -1,0 +1,89 @@
+"""Read-outs of a trained method: k-means on its features and, when it has one, the argmax of its cluster head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from deepclust.data import ArrayDataset
+from deepclust.engine.data import eval_batches
+from deepclust.evaluation.kmeans import kmeans
+from deepclust.evaluation.metrics import evaluate_clustering
+
+
+@dataclass
+class ReadoutResult:
+    """Cluster ids per read-out, the head's confidence, metrics per read-out (when labels exist), statistics."""
+
+    clusters: dict[str, np.ndarray]
+    confidence: np.ndarray | None
+    metrics: dict[str, dict[str, float]]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def extract(
+    method: torch.nn.Module,
+    dataset: ArrayDataset,
+    device: torch.device,
+    batch_size: int = 1024,
+    autocast: Any = None,
+) -> dict[str, np.ndarray]:
+    """``method.readout`` over every sample in dataset order, concatenated (features, and probs if any)."""
+    was_training = method.training
+    method.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    try:
+        for images, _ in eval_batches(dataset, batch_size, pin_memory=device.type == "cuda"):
+            images = images.to(device, non_blocking=True)
+            if autocast is not None:
+                with autocast():
+                    outputs = method.readout(images)
+            else:
+                outputs = method.readout(images)
+            for name, value in outputs.items():
+                parts.setdefault(name, []).append(value.float().cpu().numpy())
+    finally:
+        method.train(was_training)
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def compute_readouts(
+    outputs: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    num_clusters: int,
+    kmeans_cfg: DictConfig,
+    seed: int,
+) -> ReadoutResult:
+    """Read-out ``kmeans`` (on the raw features, as the papers do) and ``head`` (argmax of ``probs``)."""
+    features = outputs["features"]
+    result = kmeans(
+        features,
+        num_clusters,
+        n_init=kmeans_cfg.n_init,
+        max_iter=kmeans_cfg.max_iter,
+        seed=seed,
+        backend=kmeans_cfg.backend,
+    )
+    clusters = {"kmeans": result.labels}
+    confidence = None
+    if "probs" in outputs:
+        clusters["head"] = outputs["probs"].argmax(axis=1)
+        confidence = outputs["probs"].max(axis=1)
+    metrics = (
+        {name: evaluate_clustering(labels, pred) for name, pred in clusters.items()}
+        if labels is not None
+        else {}
+    )
+    stats: dict[str, Any] = {
+        "largest_cluster_share": {
+            name: float(np.bincount(pred).max() / len(pred)) for name, pred in clusters.items()
+        },
+        "clusters_used": {name: len(np.unique(pred)) for name, pred in clusters.items()},
+        "feature_variance": float(features.var(axis=0).mean()),
+    }
+    return ReadoutResult(clusters, confidence, metrics, stats)

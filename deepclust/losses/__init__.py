@@ -1,0 +1,18 @@
+"""Losses: pure functions, one concept per module; none of them knows the trainer."""
+
+from deepclust.losses.byol import byol_loss
+from deepclust.losses.cluster_contrast import cc_entropy_term, cluster_contrastive_loss, cluster_entropy
+from deepclust.losses.nt_xent import NTXentLoss, nt_xent
+from deepclust.losses.sinkhorn import sinkhorn
+from deepclust.losses.swav import swav_loss
+
+__all__ = [
+    "NTXentLoss",
+    "byol_loss",
+    "cc_entropy_term",
+    "cluster_contrastive_loss",
+    "cluster_entropy",
+    "nt_xent",
+    "sinkhorn",
+    "swav_loss",
+]
