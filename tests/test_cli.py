@@ -127,7 +127,7 @@ def test_evaluate_recomputes_from_assignments(tmp_path: Path, capsys: pytest.Cap
     out = tmp_path / "run"
     assert main(["train", "--dataset", "digits", "--out", str(out), "kmeans.n_init=1"]) == 0
     run = RunDir(out)
-    clusters, labels, primary = run.read_assignments()
+    _, labels, primary = run.read_assignments()
     assert labels is not None
     run.write_assignments({primary: labels}, primary, labels=labels)  # a perfect clustering
     capsys.readouterr()
