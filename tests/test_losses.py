@@ -83,7 +83,7 @@ def test_sinkhorn_marginals_and_stability() -> None:
     bf16 = sinkhorn(scores.bfloat16(), iterations=3)
     assert bf16.dtype == torch.float32
     torch.testing.assert_close(bf16, sinkhorn(scores.bfloat16().float(), iterations=3))
-    # cosine scores (max 0.94 here) at ε = 0.01 reach |s|/ε ≈ 94: exp overflows float32 unless the maximum is subtracted first
+    # cosine scores (max 0.94) at ε = 0.01 reach |s|/ε ≈ 94: exp overflows float32 without the max subtraction
     assert torch.isfinite(sinkhorn(scores, epsilon=0.01)).all()
     assert not torch.isfinite(sinkhorn(scores, epsilon=0.01, max_subtract=False)).all()
 

@@ -1,0 +1,310 @@
+"""Contract tests of the SimCLR, BYOL, SwAV and CC methods, and of every shipped YAML configuration."""
+
+from __future__ import annotations
+
+import math
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor
+
+from deepclust.config import CONFIG_DIR, build_config
+from deepclust.errors import ConfigError
+from deepclust.losses import cc_entropy_term, cluster_contrastive_loss, nt_xent
+from deepclust.methods import METHODS, method_class
+from deepclust.methods.base import Method
+from deepclust.models.ema import cosine_momentum
+
+IMAGE_SHAPE = (1, 8, 8)
+K = 4
+BATCH = 16
+# Tiny sizes: a narrow small CNN on the 8×8 digits, small heads.
+TINY = ["model.backbone=small_cnn", "model.width=4", "optim.batch_size=16", "train.channels_last=false"]
+TINY_PARAMS = {
+    "simclr": ["params.projection_dim=8", "params.hidden_dim=16"],
+    "byol": ["params.projection_dim=8", "params.hidden_dim=16"],
+    "swav": ["params.projection_dim=8", "params.hidden_dim=16", "params.freeze_prototypes_steps=1"],
+    "cc": ["params.instance_dim=8", "params.hidden_dim=16"],
+}
+# The loss parts each method reports next to "loss".
+PARTS = {"simclr": {"nt_xent"}, "byol": {"byol"}, "swav": {"swav"}, "cc": {"instance", "cluster", "entropy"}}
+WITH_HEAD = {"swav", "cc"}
+NAMES = sorted(PARTS)
+
+
+def make_config(name: str, *extra: str) -> DictConfig:
+    """A digits configuration of ``name`` at tiny sizes."""
+    return build_config(method=name, dataset="digits", overrides=[*TINY, *TINY_PARAMS[name], *extra])
+
+
+def make_method(name: str, *extra: str) -> Method:
+    torch.manual_seed(0)
+    return method_class(name)(make_config(name, *extra), IMAGE_SHAPE, K)
+
+
+def images(seed: int = 0) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (BATCH, *IMAGE_SHAPE), dtype=torch.uint8, generator=generator)
+
+
+def fixed_views(method: Method, seed: int = 1) -> list[Tensor]:
+    """Replace the method's random augmentation by two fixed views; returns them."""
+    generator = torch.Generator().manual_seed(seed)
+    views = [torch.randn(BATCH, *IMAGE_SHAPE, generator=generator) for _ in range(2)]
+    method.augmenter.forward = lambda _images: [v.clone() for v in views]  # type: ignore[method-assign]
+    return views
+
+
+def train_steps(method: Method, steps: int, start: int = 0, total_steps: int = 10) -> list[dict[str, Tensor]]:
+    """The training loop's step order (base.py) for steps ``start, …, start + steps − 1`` with Adam."""
+    optimizer = torch.optim.Adam(method.parameter_groups(0.0), lr=1e-2)
+    history = []
+    for step in range(start, start + steps):
+        losses = method(images(step))
+        losses["loss"].backward()
+        method.on_before_optimizer_step(step)
+        optimizer.step()
+        method.on_after_optimizer_step(step, total_steps)
+        optimizer.zero_grad(set_to_none=True)
+        history.append({k: v.detach() for k, v in losses.items()})
+    return history
+
+
+def test_registered() -> None:
+    for name in NAMES:
+        assert issubclass(METHODS[name], Method)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_backward_and_steps(name: str) -> None:
+    method = make_method(name).train()
+    before = {k: v.detach().clone() for k, v in method.backbone.named_parameters()}
+    history = train_steps(method, steps=2)
+    for losses in history:
+        assert set(losses) == {"loss", *PARTS[name]}
+        for value in losses.values():
+            assert value.ndim == 0 and torch.isfinite(value)
+        assert torch.allclose(losses["loss"], sum(losses[p] for p in PARTS[name]))
+    after = dict(method.backbone.named_parameters())
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_readout(name: str) -> None:
+    method = make_method(name).eval()
+    out = method.readout(images())
+    features = out["features"]
+    assert features.shape == (BATCH, method.backbone.feature_dim)
+    assert features.dtype == torch.float32 and not features.requires_grad
+    if name in WITH_HEAD:
+        probs = out["probs"]
+        assert probs.shape == (BATCH, K)
+        assert torch.allclose(probs.sum(1), torch.ones(BATCH), atol=1e-5)
+        assert (probs >= 0).all()
+        assert method.primary_readout == "head"
+    else:
+        assert "probs" not in out
+        assert method.primary_readout == "kmeans"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_needs_two_views(name: str) -> None:
+    with pytest.raises(ConfigError, match="num_views"):
+        make_method(name, "augment.num_views=1", "augment.blur_prob=[0.0]", "augment.solarize_prob=[0.0]")
+
+
+# ---------------------------------------------------------------------------------------------- BYOL
+
+
+def test_cosine_momentum_schedule() -> None:
+    assert cosine_momentum(0, 100, 0.99) == pytest.approx(0.99)
+    assert cosine_momentum(50, 100, 0.99) == pytest.approx(0.995)
+    assert cosine_momentum(100, 100, 0.99) == pytest.approx(1.0)
+    assert cosine_momentum(30, 100, 0.9) == pytest.approx(1 - 0.1 * (math.cos(math.pi * 0.3) + 1) / 2)
+
+
+def test_byol_target_gets_no_gradient_and_follows_ema() -> None:
+    method = make_method("byol", "params.base_momentum=0.9").train()
+    online = torch.nn.Sequential(method.backbone, method.projector)
+    # The target starts as an exact copy of the online encoder.
+    for t, o in zip(method.target.state_dict().values(), online.state_dict().values(), strict=True):
+        assert torch.equal(t, o)
+    optimizer = torch.optim.SGD(method.parameter_groups(0.0), lr=0.1)
+    method(images())["loss"].backward()
+    assert all(p.grad is None and not p.requires_grad for p in method.target.parameters())
+    optimizer.step()
+    target_before = [t.clone() for t in method.target.state_dict().values()]
+    online_now = [o.clone() for o in online.state_dict().values()]
+    method.on_after_optimizer_step(3, 10)
+    tau = 1 - (1 - 0.9) * (math.cos(math.pi * 3 / 10) + 1) / 2
+    assert method.momentum == pytest.approx(tau)
+    moved = 0
+    for key, t_old, o, t_new in zip(
+        method.target.state_dict(),
+        target_before,
+        online_now,
+        method.target.state_dict().values(),
+        strict=True,
+    ):
+        if t_old.is_floating_point():
+            assert torch.allclose(t_new, tau * t_old + (1 - tau) * o, atol=1e-6), key
+            moved += int(not torch.equal(t_new, t_old))
+        else:
+            assert torch.equal(t_new, o), key
+    assert moved > 0
+
+
+# ---------------------------------------------------------------------------------------------- SwAV
+
+
+def test_swav_prototypes_frozen_then_learned_and_unit_norm() -> None:
+    method = make_method("swav", "params.freeze_prototypes_steps=1").train()
+    optimizer = torch.optim.Adam(method.parameter_groups(0.0), lr=1e-2)
+    weights = method.prototypes.weight
+    for step in range(2):
+        before = weights.detach().clone()
+        method(images(step))["loss"].backward()
+        assert weights.grad is not None
+        method.on_before_optimizer_step(step)
+        frozen = step < 1
+        assert (weights.grad is None) == frozen
+        optimizer.step()
+        method.on_after_optimizer_step(step, 10)
+        optimizer.zero_grad(set_to_none=True)
+        # Renormalising unit rows may change the last bits, so "unchanged" is up to rounding.
+        assert bool((weights.detach() - before).abs().max() > 1e-4) != frozen
+        assert torch.allclose(weights.detach().norm(dim=1), torch.ones(K), atol=1e-6)
+
+
+def test_swav_queue_fills_round_trips_and_is_used() -> None:
+    extra = ["params.queue_length=32", "params.queue_start_epoch=1", "train.epochs=5"]
+    method = make_method("swav", *extra).train()
+    assert method.queue.shape == (2, 32, 8)
+    assert "queue" in dict(method.named_buffers())
+    train_steps(method, steps=2)  # 10 total steps over 5 epochs: epoch 1 starts after 2 steps
+    assert not method.queue.any()
+    train_steps(method, steps=1, start=2)
+    assert method.queue[:, :BATCH].any(dim=-1).all() and not method.queue[:, BATCH:].any()
+    train_steps(method, steps=1, start=3)
+    assert method.queue.any(dim=-1).all()
+    restored = make_method("swav", *extra)
+    restored.load_state_dict(method.state_dict())
+    assert torch.equal(restored.queue, method.queue)
+    assert restored.get_extra_state() == method.get_extra_state()
+    # Once full, the queue takes part in Sinkhorn, so the loss differs from a queue-less model's.
+    fixed_views(method)
+    fixed_views(restored)
+    with_queue = method(images())["loss"]
+    restored.queue.zero_()
+    restored.set_extra_state({**restored.get_extra_state(), "queue_filled": 0})
+    without_queue = restored(images())["loss"]
+    assert not torch.allclose(with_queue, without_queue)
+
+
+def test_swav_other_prototype_count_reads_out_kmeans() -> None:
+    method = make_method("swav", "params.num_prototypes=7").eval()
+    assert method.prototypes.weight.shape[0] == 7
+    assert method.primary_readout == "kmeans"
+    assert "probs" not in method.readout(images())
+
+
+# ---------------------------------------------------------------------------------------------- CC
+
+
+@pytest.mark.parametrize("variant", ["code", "paper"])
+def test_cc_loss_is_the_sum_of_its_parts(variant: str) -> None:
+    method = make_method("cc", f"params.entropy_variant={variant}", "params.entropy_weight=2.0").train()
+    view_a, view_b = fixed_views(method)
+    losses = method(images())
+    h_a, h_b = method.backbone(view_a), method.backbone(view_b)
+    z_a = F.normalize(method.instance_head(h_a), dim=1)
+    z_b = F.normalize(method.instance_head(h_b), dim=1)
+    c_a, c_b = method.cluster_head(h_a), method.cluster_head(h_b)
+    instance = nt_xent(z_a, z_b, 0.5)
+    cluster = cluster_contrastive_loss(c_a, c_b, 1.0)
+    entropy = 2.0 * cc_entropy_term(c_a, c_b, variant=variant)
+    assert torch.allclose(losses["instance"], instance)
+    assert torch.allclose(losses["cluster"], cluster)
+    assert torch.allclose(losses["entropy"], entropy)
+    assert torch.allclose(losses["loss"], instance + cluster + entropy)
+
+
+def test_cc_rejects_unknown_entropy_variant() -> None:
+    with pytest.raises(ConfigError, match="entropy_variant"):
+        make_method("cc", "params.entropy_variant=both")
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+
+WORLD = 2
+
+
+def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
+    """One of WORLD gloo processes: each method's loss on this rank's half of a fixed batch."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        results = {}
+        for name in NAMES:
+            method = make_method(name).eval()  # BatchNorm on running statistics: independent of the split
+            views = fixed_views(method)
+            rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+            method.augmenter.forward = lambda _images, v=views, r=rows: [x[r].clone() for x in v]
+            losses = method(images()[rows])
+            losses["loss"].backward()
+            results[name] = {k: v.detach() for k, v in losses.items()}
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_losses_average_to_the_single_process_loss(tmp_path: Path) -> None:
+    """Gathered NT-Xent and cluster contrast, all-reduced Sinkhorn, global-batch entropy: the mean over two
+    processes of their losses on half batches equals the loss of one process on the whole batch."""
+    single = {}
+    for name in NAMES:
+        method = make_method(name).eval()
+        fixed_views(method)
+        single[name] = {k: v.detach() for k, v in method(images()).items()}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_distributed_worker, args=(port, str(tmp_path)), nprocs=WORLD, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    for name in NAMES:
+        for key, value in single[name].items():
+            mean = sum(r[name][key] for r in ranks) / WORLD
+            assert torch.allclose(mean, value, atol=1e-5), (name, key, mean, value)
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+SHIPPED = sorted(CONFIG_DIR.glob("*/*.yaml"))
+
+
+def test_every_method_has_its_configs() -> None:
+    expected = {"digits", "fashion-mnist", "cifar10", "cifar100-20", "stl10", "imagenet10", "imagenet-dogs"}
+    expected.add("tiny-imagenet")
+    for name in NAMES:
+        assert {path.stem for path in (CONFIG_DIR / name).glob("*.yaml")} == expected
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_config_loads(path: Path) -> None:
+    cfg = build_config(config_file=path)
+    assert cfg.method == path.parent.name
+    assert cfg.data.name == path.stem
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cpu_configs_build_their_method(name: str) -> None:
+    for dataset, shape in (("digits", (1, 8, 8)), ("fashion-mnist", (1, 28, 28))):
+        cfg = build_config(method=name, dataset=dataset)
+        method = method_class(name)(cfg, shape, 10).eval()
+        assert method.readout(torch.zeros(2, *shape, dtype=torch.uint8))["features"].shape[0] == 2
