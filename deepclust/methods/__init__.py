@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from deepclust.errors import ConfigError
 from deepclust.methods.base import Method
+from deepclust.methods.byol import BYOL
+from deepclust.methods.cc import ContrastiveClustering
 from deepclust.methods.kmeans import KMeansBaseline
+from deepclust.methods.simclr import SimCLR
+from deepclust.methods.swav import SwAV
 
 METHODS: dict[str, type] = {
     "kmeans": KMeansBaseline,
+    "simclr": SimCLR,
+    "byol": BYOL,
+    "swav": SwAV,
+    "cc": ContrastiveClustering,
 }
 
 

@@ -1,9 +1,9 @@
 """Exponential moving averages of a module (BYOL-style target networks) and their momentum schedule.
 
-The target is an ordinary frozen copy of the online module, registered on the method like any other sub-module
-so that it moves with ``.to(device)`` and round-trips through checkpoints. One update is
-``ξ ← τ·ξ + (1 − τ)·θ`` over all parameters and floating-point buffers (BatchNorm running statistics), done with
-two fused ``torch._foreach_*`` kernels per dtype group instead of one small kernel per tensor.
+The target is an ordinary frozen copy of the online module, registered on the method like any other
+sub-module so that it moves with ``.to(device)`` and round-trips through checkpoints. One update is
+``ξ ← τ·ξ + (1 − τ)·θ`` over all parameters and floating-point buffers (BatchNorm running statistics), done
+with two fused ``torch._foreach_*`` kernels per dtype group instead of one small kernel per tensor.
 """
 
 from __future__ import annotations

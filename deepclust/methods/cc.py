@@ -1,0 +1,96 @@
+"""Contrastive Clustering (CC, Li et al., AAAI 2021): instance- and cluster-level contrast on two views.
+
+Instance head ``g_I``: Linear → ReLU → Linear(128), L2-normalised, NT-Xent at ``τ_I``. Cluster head
+``g_C``: Linear → ReLU → Linear(K) → softmax; the columns of the two views' N×K assignment matrices are
+contrasted at ``τ_C``, plus an entropy term on the cluster marginals that prevents collapse into one cluster.
+Neither head has BatchNorm, and each view goes through the network separately, as in the authors' code. The
+cluster read-out is the argmax of ``g_C``. See docs/methods/cc.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor
+
+from deepclust.distributed import all_gather_with_grad
+from deepclust.errors import ConfigError
+from deepclust.losses import cc_entropy_term, cluster_contrastive_loss, nt_xent
+from deepclust.losses.cluster_contrast import ENTROPY_VARIANTS
+from deepclust.methods.common import BackboneMethod
+from deepclust.models import ClusterHead, mlp
+
+
+@dataclass
+class CCConfig:
+    """CC hyper-parameters (``params.*``).
+
+    Attributes:
+        instance_dim: output size of the instance head (code: 128).
+        hidden_dim: hidden width of both heads; ``None`` = the backbone's feature size (code: 512, ResNet34).
+        instance_temperature: ``τ_I`` of the instance-level NT-Xent (code: 0.5).
+        cluster_temperature: ``τ_C`` of the cluster-level contrast (code: 1.0).
+        entropy_weight: weight of the entropy term (code: 1; raise it against collapse, lower it on
+            imbalanced data, per the maintainer's advice in CC issues #50 and #25).
+        entropy_variant: "code" (each view's marginal normalised separately, ``+ log K`` per view; what the
+            authors' code does and what they acknowledge as correct, CC issue #4) or "paper" (Eq. 5 as
+            printed: one marginal over both views' assignments).
+    """
+
+    instance_dim: int = 128
+    hidden_dim: int | None = None
+    instance_temperature: float = 0.5
+    cluster_temperature: float = 1.0
+    entropy_weight: float = 1.0
+    entropy_variant: str = "code"
+
+
+class ContrastiveClustering(BackboneMethod):
+    """CC: backbone, instance head (NT-Xent) and cluster head (column contrast + entropy)."""
+
+    Config: ClassVar[type | None] = CCConfig
+    # The authors' settings (config/config.yaml): Adam at 3e-4 without weight decay or schedule; no Normalize.
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "optim": {"name": "adam", "lr": 3e-4, "weight_decay": 0.0, "schedule": "constant"},
+        "augment": {"pipeline": "cc", "normalize": False},
+    }
+    primary_readout: ClassVar[str] = "head"
+
+    def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
+        super().__init__(cfg, image_shape, num_clusters)
+        p = self.params
+        if p.entropy_variant not in ENTROPY_VARIANTS:
+            choices = ", ".join(ENTROPY_VARIANTS)
+            raise ConfigError(f"params.entropy_variant must be one of {choices}; got {p.entropy_variant!r}")
+        hidden = p.hidden_dim or self.feature_dim
+        self.instance_head = mlp(self.feature_dim, hidden, p.instance_dim, num_layers=2, batch_norm=False)
+        self.cluster_head = ClusterHead(self.feature_dim, num_clusters, hidden_dim=hidden)
+
+    def cluster_probs(self, features: Tensor) -> Tensor:
+        """Soft assignments ``softmax(g_C(h))``, N×K (float32)."""
+        return self.cluster_head(features)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """``L = L_ins + L_clu`` (Li et al. 2021, Eq. 3, 6, 7), the entropy term weighted and per variant."""
+        view_a, view_b = self.views(images)[:2]
+        h_a, h_b = self.backbone(view_a), self.backbone(view_b)
+        z_a = F.normalize(self.instance_head(h_a), dim=1)
+        z_b = F.normalize(self.instance_head(h_b), dim=1)
+        c_a, c_b = self.cluster_probs(h_a), self.cluster_probs(h_b)
+        p = self.params
+        gather = self.gather
+        instance = nt_xent(z_a, z_b, p.instance_temperature, gather=gather)
+        cluster = cluster_contrastive_loss(c_a, c_b, p.cluster_temperature, gather=gather)
+        # The entropy term is about the cluster marginals of the whole (global) batch.
+        if gather:
+            c_a, c_b = all_gather_with_grad(c_a), all_gather_with_grad(c_b)
+        entropy = p.entropy_weight * cc_entropy_term(c_a, c_b, variant=p.entropy_variant)
+        return {
+            "loss": instance + cluster + entropy,
+            "instance": instance,
+            "cluster": cluster,
+            "entropy": entropy,
+        }

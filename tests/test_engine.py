@@ -1,0 +1,202 @@
+"""The training loop: run directory contents, exact resume, SIGKILL + resume, divergence, time budget, collapse."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from deepclust.config import build_config
+from deepclust.data import ArrayDataset
+from deepclust.engine import trainer as trainer_module
+from deepclust.engine.data import TrainBatches
+from deepclust.engine.optim import LARS, lr_at
+from deepclust.engine.run_dir import RunDir
+from deepclust.engine.trainer import Trainer, TrainingDiverged, train
+
+TINY = [
+    "model.width=8",
+    "optim.batch_size=64",
+    "train.log_every_steps=1",
+    "train.progress=false",
+    "train.precision=32",
+    "kmeans.n_init=1",
+]
+
+
+def tiny_config(method: str = "byol", *extra: str) -> DictConfig:
+    return build_config(method=method, dataset="digits", overrides=[*TINY, *extra])
+
+
+def train_steps(run: RunDir) -> dict[int, float]:
+    """step -> loss of the ``train`` events after the last (re)start."""
+    events = run.read_log()
+    starts = [i for i, e in enumerate(events) if e["event"] in ("start", "resume")]
+    return {e["step"]: e["loss"] for e in events[starts[-1] :] if e["event"] == "train"}
+
+
+def test_lr_schedule_and_lars_by_hand() -> None:
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert lr_at(100, 100, 10, 1.0, min_lr_ratio=0.1) == pytest.approx(0.1)
+    assert lr_at(50, 100, 0, 2.0, schedule="constant") == 2.0
+    # LARS: w = [3, 4] (‖w‖ = 5), g = [0, 1] (‖g‖ = 1), η = 0.001, lr 1, no momentum history:
+    # step = lr · η · ‖w‖/‖g‖ · g = 0.005 · g
+    weight = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    weight.grad = torch.tensor([0.0, 1.0])
+    LARS([weight], lr=1.0, momentum=0.9).step()
+    torch.testing.assert_close(weight.detach(), torch.tensor([3.0, 3.995]))
+
+
+def test_batches_shard_the_permutation_and_restart_mid_epoch() -> None:
+    data = ArrayDataset("toy", np.zeros((50, 1, 2, 2), np.uint8), np.zeros(50, np.int64), 2)
+    ranks = [TrainBatches(data, 4, rank=r, world_size=2, seed=3) for r in range(2)]
+    seen = torch.cat([r.indices(epoch=1).flatten() for r in ranks])
+    assert len(ranks[0]) == 6 and seen.unique().numel() == 48  # disjoint, drop_last
+    full = [idx for _, idx in ranks[0].epoch(1)]
+    tail = [idx for _, idx in ranks[0].epoch(1, start=4)]
+    assert all(torch.equal(a, b) for a, b in zip(full[4:], tail, strict=True))
+    assert not torch.equal(ranks[0].indices(1), ranks[0].indices(2))
+
+
+def test_training_writes_a_complete_run_directory(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run").create()
+    cfg = tiny_config("cc", "train.epochs=2", "train.eval_every_epochs=1")
+    run.save_config(cfg)
+    metrics = train(cfg, run)
+    for name in ("config.yaml", "log.jsonl", "metrics.json", "assignments.csv", "checkpoints/last.pt"):
+        assert (run.path / name).is_file(), name
+    assert (run.path / "checkpoints/best.pt").is_file()
+    assert metrics["primary"] == "head" and set(metrics["readouts"]) == {"head", "kmeans"}
+    assert 0.0 <= metrics["acc"] <= 1.0
+    events = run.read_log()
+    train_events = [e for e in events if e["event"] == "train"]
+    assert len(train_events) == 2 * (1797 // 64)
+    assert {"loss", "instance", "cluster", "entropy", "lr", "images_per_s", "data_share"} <= set(
+        train_events[0]
+    )
+    assert sum(e["event"] == "eval" for e in events) == 2
+    checkpoint = torch.load(run.path / "checkpoints/last.pt", weights_only=True)
+    assert checkpoint["loop"]["step"] == 2 * (1797 // 64)
+
+
+def test_resume_reproduces_the_uninterrupted_loss_trajectory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BYOL (EMA target, cosine schedules): 40 steps straight vs. interrupted at 23, resumed from step 20."""
+    settings = ("train.max_steps=40", "train.checkpoint_every_steps=10", "optim.warmup_epochs=0.5")
+    straight = RunDir(tmp_path / "straight").create()
+    train(tiny_config("byol", *settings), straight)
+
+    interrupted = RunDir(tmp_path / "interrupted").create()
+    original_step = Trainer._step
+
+    def crash_at_23(self: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.state.step == 23:
+            raise KeyboardInterrupt
+        return original_step(self, images)
+
+    monkeypatch.setattr(Trainer, "_step", crash_at_23)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config("byol", *settings), interrupted)
+    monkeypatch.setattr(Trainer, "_step", original_step)
+    assert torch.load(interrupted.path / "checkpoints/last.pt", weights_only=True)["loop"]["step"] == 20
+    train(tiny_config("byol", *settings), interrupted, resume=True)
+
+    expected, resumed = train_steps(straight), train_steps(interrupted)
+    assert sorted(resumed) == list(range(21, 41))
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(expected[step], abs=1e-6), step
+    assert json.loads((interrupted.path / "metrics.json").read_text())["step"] == 40
+
+
+def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "deepclust.cli", "train", "--method", "cc", "--dataset", "digits"]
+    options = [*TINY, "train.epochs=4", "train.checkpoint_every_steps=5"]
+    process = subprocess.Popen(
+        [*base, "--out", str(out), *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    checkpoint = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert checkpoint.exists(), "no checkpoint was written"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved_step = torch.load(checkpoint, weights_only=True)["loop"]["step"]
+    logged_before = max(e["step"] for e in RunDir(out).read_log() if e["event"] == "train")
+    assert logged_before - saved_step < 5  # lost only the steps since the last checkpoint
+
+    resumed = subprocess.run([*base, "--resume", str(out)], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    steps = train_steps(RunDir(out))
+    assert min(steps) == saved_step + 1 and max(steps) == 4 * (1797 // 64)
+    assert json.loads((out / "metrics.json").read_text())["step"] == 4 * (1797 // 64)
+
+
+def test_non_finite_loss_saves_then_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = RunDir(tmp_path).create()
+    cfg = tiny_config("simclr", "train.max_steps=10")
+    original_forward = trainer_module.method_class("simclr").forward
+
+    def nan_at_step_3(self: Any, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        losses = original_forward(self, images)
+        if self.calls == 3:
+            losses = {**losses, "loss": losses["loss"] * math.nan}
+        self.calls += 1
+        return losses
+
+    monkeypatch.setattr(trainer_module.method_class("simclr"), "calls", 0, raising=False)
+    monkeypatch.setattr(trainer_module.method_class("simclr"), "forward", nan_at_step_3)
+    with pytest.raises(TrainingDiverged, match="non-finite loss at step 3"):
+        train(cfg, run)
+    assert torch.load(run.path / "checkpoints/last.pt", weights_only=True)["loop"]["step"] == 3
+    assert any(e["event"] == "diverged" for e in run.read_log())
+
+
+def test_time_budget_stops_early_then_evaluates(tmp_path: Path) -> None:
+    run = RunDir(tmp_path).create()
+    metrics = train(tiny_config("simclr", "train.epochs=1000", "train.time_budget_minutes=0.05"), run)
+    stop = next(e for e in run.read_log() if e["event"] == "stop")
+    assert stop["reason"] == "time budget" and stop["step"] < 1000 * (1797 // 64)
+    assert metrics["step"] == stop["step"] and (run.path / "assignments.csv").is_file()
+
+
+def test_collapse_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cls = trainer_module.method_class("cc")
+
+    def one_cluster(self: Any, features: torch.Tensor) -> torch.Tensor:
+        probs = torch.zeros(features.shape[0], self.num_clusters, device=features.device)
+        probs[:, 0] = 1.0
+        return probs + 0.0 * features.sum()
+
+    monkeypatch.setattr(cls, "cluster_probs", one_cluster)
+    run = RunDir(tmp_path).create()
+    with pytest.warns(UserWarning, match="one cluster holds 100%"):
+        train(tiny_config("cc", "train.max_steps=2"), run)
+    assert any(e["event"] == "collapse_warning" for e in run.read_log())
+
+
+def test_unknown_device_and_resume_without_checkpoint_are_user_errors(tmp_path: Path) -> None:
+    from deepclust.errors import UserError
+
+    with pytest.raises(UserError, match="unknown device"):
+        train(tiny_config("simclr", "device=tpu"), RunDir(tmp_path / "a").create())
+    with pytest.raises(UserError, match="nothing to resume"):
+        train(tiny_config("simclr"), RunDir(tmp_path / "b").create(), resume=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            train(tiny_config("simclr", "device=cuda"), RunDir(tmp_path / "c").create())
