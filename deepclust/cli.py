@@ -188,6 +188,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         except TrainingDiverged as err:
             print(f"deepclust: training stopped: {err}", file=sys.stderr)
             return 1
+    if not metrics:  # a non-zero rank of a distributed run: rank 0 reports
+        return 0
     print_metrics(console, metrics, f"{cfg.method} on {cfg.data.name}")
     console.print(f"results written to [bold]{run.path}[/] (metrics.json, assignments.csv, log.jsonl)")
     return 0

@@ -104,7 +104,8 @@ class Trainer:
         self.fabric = Fabric(**fabric_settings(cfg))
         self.fabric.launch()
         self.console = Console(stderr=True, quiet=not self.fabric.is_global_zero)
-        self.fabric.seed_everything(cfg.seed, verbose=False)
+        # a different stream per rank, so ranks draw different augmentations; DDP broadcasts rank 0's weights
+        self.fabric.seed_everything(cfg.seed + self.fabric.global_rank, verbose=False)
         self.dataset: ArrayDataset = load_dataset(
             cfg.data.name,
             cfg.data.split,
@@ -115,7 +116,14 @@ class Trainer:
         self.num_clusters = resolve_num_clusters(cfg, self.dataset)
         method: Method = method_class(cfg.method)(cfg, self.dataset.image_shape, self.num_clusters)
         if self.fabric.world_size > 1 and cfg.train.sync_batchnorm:
-            method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+            if self.fabric.device.type == "cuda":
+                method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+            else:
+                # DDP refuses SyncBatchNorm on CPU ("SyncBatchNorm layers only work with GPU modules")
+                warnings.warn(
+                    "train.sync_batchnorm is ignored on CPU: BatchNorm statistics stay per process",
+                    stacklevel=2,
+                )
         if cfg.train.channels_last:
             method = method.to(memory_format=torch.channels_last)
         if cfg.train.compile and hasattr(method, "backbone"):
@@ -176,8 +184,13 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.state = LoopState(**checkpoint["loop"])
         set_rng_state(checkpoint["rng"])
-        self.run_dir.log("resume", step=self.state.step, epoch=self.state.epoch)
+        self._log("resume", step=self.state.step, epoch=self.state.epoch)
         self.console.print(f"resumed from {self.last_path} at step {self.state.step}")
+
+    def _log(self, event: str, **fields: Any) -> None:
+        """Append to log.jsonl from rank 0 only (every rank runs the same loop)."""
+        if self.fabric.is_global_zero:
+            self.run_dir.log(event, **fields)
 
     def _tensorboard(self) -> Any:
         try:
@@ -192,7 +205,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         cfg, state = self.cfg, self.state
         budget_s = cfg.train.time_budget_minutes * 60 if cfg.train.time_budget_minutes else math.inf
-        self.run_dir.log(
+        self._log(
             "start",
             method=cfg.method,
             dataset=self.dataset.name,
@@ -244,7 +257,7 @@ class Trainer:
                 f"time budget of {cfg.train.time_budget_minutes} min reached at step {state.step}"
             )
         self.save()
-        self.run_dir.log("stop", step=state.step, reason=stop_reason, elapsed_s=round(state.elapsed_s, 2))
+        self._log("stop", step=state.step, reason=stop_reason, elapsed_s=round(state.elapsed_s, 2))
         metrics = self.evaluate()
         if self.tensorboard is not None:
             self.tensorboard.close()
@@ -286,7 +299,7 @@ class Trainer:
             name for name, value in losses.items() if name != "loss" and not torch.isfinite(value.detach())
         ]
         self.save()  # the state before this step: nothing was updated yet
-        self.run_dir.log("diverged", step=self.state.step, losses=bad or ["loss"])
+        self._log("diverged", step=self.state.step, losses=bad or ["loss"])
         raise TrainingDiverged(
             f"non-finite loss at step {self.state.step} ({', '.join(bad or ['loss'])}); the state before it is in "
             f"{self.last_path}. Lower optim.lr, or use train.precision=32"
@@ -312,7 +325,7 @@ class Trainer:
             "data_share": round(window["data"] / seconds, 4),
         }
         if self.fabric.is_global_zero:
-            self.run_dir.log("train", **record)
+            self._log("train", **record)
             if self.tensorboard is not None:
                 for key in (*values, "lr", "images_per_s"):
                     self.tensorboard.add_scalar(f"train/{key}", record[key], self.state.step)
@@ -366,7 +379,7 @@ class Trainer:
         self.run_dir.write_metrics(
             readouts, primary, step=self.state.step, epoch=self.state.epoch, stats=result.stats
         )
-        self.run_dir.log(
+        self._log(
             "eval",
             step=self.state.step,
             epoch=self.state.epoch,
@@ -397,12 +410,12 @@ class Trainer:
             if share > limit:
                 message = f"read-out {name!r}: one cluster holds {share:.0%} of the samples (collapse?)"
                 warnings.warn(message, stacklevel=2)
-                self.run_dir.log("collapse_warning", readout=name, largest_cluster_share=share)
+                self._log("collapse_warning", readout=name, largest_cluster_share=share)
         if result.stats["feature_variance"] < 1e-6:
             warnings.warn(
                 "the features' variance is near zero: the representation has collapsed", stacklevel=2
             )
-            self.run_dir.log("collapse_warning", feature_variance=result.stats["feature_variance"])
+            self._log("collapse_warning", feature_variance=result.stats["feature_variance"])
 
 
 def train(cfg: DictConfig, run_dir: RunDir, *, resume: bool = False) -> dict[str, Any]:
