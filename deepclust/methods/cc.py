@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
-from deepclust.distributed import all_gather_with_grad
 from deepclust.errors import ConfigError
 from deepclust.losses import cc_entropy_term, cluster_contrastive_loss, nt_xent
 from deepclust.losses.cluster_contrast import ENTROPY_VARIANTS
@@ -36,8 +35,8 @@ class CCConfig:
         entropy_weight: weight of the entropy term (code: 1; raise it against collapse, lower it on
             imbalanced data, per the maintainer's advice in CC issues #50 and #25).
         entropy_variant: "code" (each view's marginal normalised separately, ``+ log K`` per view; what the
-            authors' code does and what they acknowledge as correct, CC issue #4) or "paper" (Eq. 5 as
-            printed: one marginal over both views' assignments).
+            authors' code does and what they acknowledge as correct, CC issue #4) or "paper" (H(Y) as
+            printed: both views' cluster masses normalised by their joint total, no ``log K``).
     """
 
     instance_dim: int = 128
@@ -52,10 +51,11 @@ class ContrastiveClustering(BackboneMethod):
     """CC: backbone, instance head (NT-Xent) and cluster head (column contrast + entropy)."""
 
     Config: ClassVar[type | None] = CCConfig
-    # The authors' settings (config/config.yaml): Adam at 3e-4 without weight decay or schedule; no Normalize.
+    # The authors' settings (config/config.yaml): Adam at 3e-4 without weight decay or schedule; the cc
+    # augmentation preset has no Normalize, as their transform.
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "optim": {"name": "adam", "lr": 3e-4, "weight_decay": 0.0, "schedule": "constant"},
-        "augment": {"pipeline": "cc", "normalize": False},
+        "augment": {"pipeline": "cc"},
     }
     primary_readout: ClassVar[str] = "head"
 
@@ -84,10 +84,8 @@ class ContrastiveClustering(BackboneMethod):
         gather = self.gather
         instance = nt_xent(z_a, z_b, p.instance_temperature, gather=gather)
         cluster = cluster_contrastive_loss(c_a, c_b, p.cluster_temperature, gather=gather)
-        # The entropy term is about the cluster marginals of the whole (global) batch.
-        if gather:
-            c_a, c_b = all_gather_with_grad(c_a), all_gather_with_grad(c_b)
-        entropy = p.entropy_weight * cc_entropy_term(c_a, c_b, variant=p.entropy_variant)
+        # The marginals of the global batch (gathering only the K cluster masses).
+        entropy = p.entropy_weight * cc_entropy_term(c_a, c_b, variant=p.entropy_variant, gather=gather)
         return {
             "loss": instance + cluster + entropy,
             "instance": instance,
