@@ -16,8 +16,8 @@ from deepclust.data.augment import (
     RandomResizedCropFlip,
     ViewAugmenter,
     preset,
-    resolve,
     sample_crop_boxes,
+    validate_augment_config,
 )
 from deepclust.errors import ConfigError
 
@@ -234,16 +234,17 @@ def test_presets_follow_the_papers() -> None:
 
 
 def test_fields_override_the_pipeline_preset() -> None:
+    assert validate_augment_config(AugmentConfig()) == preset("simclr")  # None fields take the preset
     section = OmegaConf.structured(AugmentConfig)
     section.pipeline = "byol"
-    assert resolve(section).blur_prob == [1.0, 0.1]
+    assert validate_augment_config(section).blur_prob == [1.0, 0.1]
     section.blur_prob = [0.0, 0.0]
     section.jitter_strength = 1.0
-    resolved = resolve(section)
+    resolved = validate_augment_config(section)
     assert resolved.blur_prob == [0.0, 0.0] and resolved.solarize_prob == [0.0, 0.2]
     assert resolved.jitter == pytest.approx([0.8, 0.8, 0.8, 0.2])
     section.jitter = [0.1, 0.2, 0.3, 0.4]
-    assert resolve(section).jitter == [0.1, 0.2, 0.3, 0.4]
+    assert validate_augment_config(section).jitter == [0.1, 0.2, 0.3, 0.4]
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ grayscale do nothing on them and are not run.
 Configuration. ``augment.pipeline`` names a preset (:func:`preset`, one per paper); every other field is
 ``None`` by default, meaning "the preset's value", and a value set in a YAML file or on the command line
 overrides just that field (``augment.pipeline=byol augment.blur_prob=[0,0]`` is BYOL without blur).
-:func:`resolve` does the merge and the validation; :attr:`ViewAugmenter.config` keeps the result.
+:func:`validate_augment_config` does the merge and the validation; :attr:`ViewAugmenter.config` keeps the result.
 
 Views. ``num_views`` augmented views are returned. Methods that also need the un-augmented image (SIC's raw
 view, methods.md §4.3) ask for it with :meth:`ViewAugmenter.eval_view`, the deterministic resize and
@@ -27,13 +27,15 @@ gives the same views, and the same parameters on CPU and CUDA (pixels may differ
 Drawing on the CPU also keeps the device free of synchronisations: which samples an operation applies to is
 known on the host without reading anything back from the GPU.
 
-Speed (512 images, 2 CPU cores, measured while writing this; see benchmarks/augment_speed.py): kornia's
-``RandomResizedCrop`` + ``RandomHorizontalFlip`` took about 20-35 ms per batch where one ``affine_grid`` +
-``grid_sample`` with per-sample boxes and the flip folded into the affine takes 6-10 ms, and kornia's
-``RandomSolarize``/``RandomGrayscale`` took 9-17 ms for what a masked ``torch.where`` does in about 1 ms. The
-colour adjustments themselves, the blur and the grayscale conversion are kornia's functional versions
-(``kornia.enhance`` / ``kornia.filters`` / ``kornia.color``) applied to the selected sub-batch, except the
-hue shift (see :func:`_hue`).
+Speed (512 images, one thread of the 2-core CPU with the other core busy, float input; see
+benchmarks/augment_speed.py for whole pipelines). kornia's ``RandomResizedCrop`` + ``RandomHorizontalFlip``
+took 20 ms (1×28²) and 52 ms (3×32²) where one ``affine_grid`` + ``grid_sample`` over the batch, with
+per-sample boxes and the flip folded into the affine, takes 10 and 26 ms; kornia's ``RandomSolarize`` and
+``RandomGrayscale`` modules took 5-20 ms and 4.5 ms where the functional op on the selected rows only
+(:func:`_apply_to_rows`) takes 0.7-3 ms and 1.5 ms, and kornia's ``adjust_hue`` 55 ms against 28 ms for
+:func:`_hue`. Brightness, contrast, saturation, blur and the grayscale conversion are kornia's functional
+versions (``kornia.enhance`` / ``kornia.filters`` / ``kornia.color``): batched torch rewrites of contrast and
+saturation were no faster.
 """
 
 from __future__ import annotations
@@ -160,9 +162,11 @@ def preset(name: str) -> AugmentConfig:
     return AugmentConfig(pipeline=name, **values)
 
 
-def resolve(cfg: Any) -> AugmentConfig:
+def validate_augment_config(cfg: Any) -> AugmentConfig:
     """``cfg`` (an :class:`AugmentConfig` or the OmegaConf ``augment`` section) with its ``None`` fields
-    filled from the pipeline's preset, validated; a bad value raises
+    filled from the pipeline's preset, checked, and returned complete; :class:`ViewAugmenter` builds from the
+    result. An unknown pipeline, a probability outside [0, 1], a per-view list whose length is not
+    ``num_views``, a crop scale not ``0 < min <= max <= 1`` or another bad value raises
     :class:`~deepclust.errors.ConfigError`."""
     base = preset(str(cfg.pipeline))
     given = {f.name: _plain(getattr(cfg, f.name)) for f in fields(AugmentConfig)}
@@ -181,7 +185,7 @@ def resolve(cfg: Any) -> AugmentConfig:
                 f"augment.{name} needs one probability per view ({out.num_views} views), got {values}; "
                 f"set augment.{name}=[...] with {out.num_views} entries"
             )
-    _validate(out)
+    _check_values(out)
     return out
 
 
@@ -192,7 +196,8 @@ def _plain(value: Any) -> Any:
     return [float(v) for v in value]
 
 
-def _validate(cfg: AugmentConfig) -> None:
+def _check_values(cfg: AugmentConfig) -> None:
+    """Range checks of a complete configuration (no ``None`` fields left)."""
     probabilities = {
         "flip_prob": [cfg.flip_prob],
         "jitter_prob": [cfg.jitter_prob],
@@ -281,7 +286,7 @@ class RandomResizedCropFlip(nn.Module):
     """Random resized crop to ``size``×``size`` and horizontal flip, per sample, in one resampling pass.
 
     The crop box and the flip of each sample become one 2×3 affine; ``affine_grid`` + ``grid_sample``
-    (bilinear, border padding) then resample the whole batch at once, about 3× faster on CPU than kornia's
+    (bilinear, border padding) then resample the whole batch at once, about 2× faster on CPU than kornia's
     ``RandomResizedCrop`` followed by ``RandomHorizontalFlip``. The resampling is not antialiased, which
     matters only where a crop is larger than the output (an output smaller than the native size).
     ``scale == (1, 1)`` is "no crop": the whole image is resized (antialiased) and flipped.
@@ -335,7 +340,7 @@ _HSV_OFFSETS = (5.0, 3.0, 1.0)
 
 def _hue(x: Tensor, factor: Tensor) -> Tensor:
     """torchvision's ``adjust_hue`` (shift the HSV hue by ``factor`` turns), computed without the full HSV
-    round trip: 3× faster on CPU than kornia's ``adjust_hue`` (10 vs 30 ms on 512×3×32×32), same result to
+    round trip: 2× faster on CPU than kornia's ``adjust_hue`` (28 vs 55 ms on 512×3×32×32), same result to
     1e-6. Value V = max and chroma C = max − min do not change; the hue in sextants is torchvision's
     ``(g − b)/C``, ``2 + (b − r)/C`` or ``4 + (r − g)/C`` as R, G or B is the maximum; each channel then is
     ``V − C·clamp(min(k, 4 − k), 0, 1)`` with ``k = (hue + offset) mod 6``."""
@@ -469,7 +474,7 @@ class ViewAugmenter(nn.Module):
 
     Args:
         cfg: the ``augment`` section (an :class:`AugmentConfig` or its OmegaConf form); resolved against its
-            pipeline's preset (see :func:`resolve`), the result is :attr:`config`.
+            pipeline's preset (see :func:`validate_augment_config`), the result is :attr:`config`.
         channels: channels of the dataset's images (1 or 3 usually).
         image_size: the dataset's native side; the views are ``cfg.image_size`` px when that is set, else
             this size.
@@ -483,7 +488,7 @@ class ViewAugmenter(nn.Module):
         self, cfg: Any, channels: int, image_size: int, mean: Sequence[float], std: Sequence[float]
     ) -> None:
         super().__init__()
-        self.config = resolve(cfg)
+        self.config = validate_augment_config(cfg)
         c = self.config
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"mean and std need one value per channel ({channels}), got {mean} and {std}")
