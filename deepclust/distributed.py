@@ -1,4 +1,8 @@
-"""Distributed helpers that degrade to a single process (no torch.distributed set-up needed to call them)."""
+"""Distributed helpers that degrade to a single process (no torch.distributed set-up needed to call them).
+
+Every function here is safe to call whether or not a process group exists: on one process ``world_size()`` is 1,
+``rank()`` is 0 and the collectives are identities, so a loss written with them runs unchanged on a laptop.
+"""
 
 from __future__ import annotations
 
@@ -8,57 +12,63 @@ from torch import Tensor
 
 
 def is_distributed() -> bool:
+    """Whether a process group with more than one process is running."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def world_size() -> int:
+    """Number of processes in the default group; 1 without torch.distributed."""
     return dist.get_world_size() if is_distributed() else 1
 
 
 def rank() -> int:
+    """This process's rank in the default group; 0 without torch.distributed."""
     return dist.get_rank() if is_distributed() else 0
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward hands every rank the summed gradient of its own slice.
+    """all_gather whose backward hands every rank its slice of the gradient summed over ranks.
 
-    Each rank computes a loss on the gathered tensor, so rank r's rows receive gradient from every rank's loss;
-    summing them (all_reduce) restores the full-batch gradient, which DDP's averaging then divides by the world
-    size exactly as it does for the parameters (a plain all_gather has no backward: lightly #1920).
+    Each rank computes its own loss L_r on the gathered tensor, so rank r's rows receive gradient from every
+    rank's loss. Summing (reduce-scatter) gives rank r the gradient of ``Σ_r' L_r'`` w.r.t. its rows, and DDP's
+    division of the parameter gradients by the world size then yields the gradient of ``mean_r L_r``, which is the
+    single-process loss. A gather without this backward (plain ``all_gather``) loses the other ranks'
+    contributions and leaves the gradients 1/world_size too small (lightly #1920).
     """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rows = x.shape[0]  # type: ignore[attr-defined]
-        return torch.cat(parts, dim=0)
+        x = x.contiguous()
+        out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))
+        dist.all_gather_single(out, x)
+        return out
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
         grad = grad.contiguous()
-        dist.all_reduce(grad)
-        start = dist.get_rank() * ctx.rows  # type: ignore[attr-defined]
-        return grad[start : start + ctx.rows]  # type: ignore[attr-defined]
+        mine = grad.new_empty((grad.shape[0] // dist.get_world_size(), *grad.shape[1:]))
+        dist.reduce_scatter_single(mine, grad)
+        return mine
 
 
 def all_gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate ``x`` from every rank along dim 0 (rank order), differentiably; identity on one process.
 
-    Every rank must pass the same number of rows (the training loader drops the last incomplete batch).
+    Every rank must pass the same shape: ``DistributedSampler`` gives each rank the same number of samples, so
+    a smaller last batch is smaller on all ranks alike. Rank r's rows are ``[r·N, (r+1)·N)`` of the result.
     """
     return _GatherWithGrad.apply(x) if is_distributed() else x
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:
-    """Sum ``x`` over ranks in place (no gradient); identity on one process."""
+    """Sum ``x`` over ranks in place and return it (not differentiable); identity on one process."""
     if is_distributed():
-        dist.all_reduce(x)
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
 
 
 def all_reduce_max(x: Tensor) -> Tensor:
-    """Element-wise maximum of ``x`` over ranks in place; identity on one process."""
+    """Element-wise maximum of ``x`` over ranks in place and return it; identity on one process."""
     if is_distributed():
         dist.all_reduce(x, op=dist.ReduceOp.MAX)
     return x

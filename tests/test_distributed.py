@@ -1,8 +1,23 @@
-"""Two real processes (gloo, CPU): gathered losses and their gradients equal one process on the global batch."""
+"""Two real processes (gloo, CPU): gathered losses, their gradients and Sinkhorn equal one process on the global batch.
+
+What is compared. Rank r holds rows ``[r·N, (r+1)·N)`` of the global batch x and computes its loss L_r with
+``gather=True``; autograd then leaves ``g_r = ∂(Σ_r' L_r')/∂x_r`` in ``x_r.grad``, because the gather's backward
+sums every rank's gradient of rank r's rows. DDP averages the parameter gradients over the W ranks, i.e. trains
+on ``mean_r L_r``. So the two identities that make distributed training equal to single-process training on the
+global batch, with L the single-process loss, are::
+
+    mean_r L_r = L        and        x_r.grad / W = ∂L/∂x, rows of rank r
+
+For NT-Xent L_r is the mean over rank r's own 2N anchors (gathered negatives), so only the mean over ranks equals
+L; the cluster contrast and the entropy terms are global, so every L_r equals L. A gather whose backward kept only
+the local gradient would miss the other ranks' contributions (about 1/W too small) and fail here.
+"""
 
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,10 +25,28 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from deepclust.losses import cluster_contrastive_loss, nt_xent, sinkhorn
+from deepclust.losses import cc_entropy_term, cluster_contrastive_loss, nt_xent, sinkhorn
 
 WORLD = 2
-N, D, K = 4, 5, 3
+D, K = 5, 3
+# a full batch, then a smaller last batch: nothing may depend on a fixed batch size
+SIZES = (4, 3)
+TIMEOUT_S = 120
+
+Loss = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
+
+
+def soft(x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(x[:, :K], dim=1)
+
+
+LOSSES: dict[str, Loss] = {
+    "nt_xent": lambda a, b, gather: nt_xent(a, b, 0.5, gather=gather),
+    "cluster": lambda a, b, gather: cluster_contrastive_loss(soft(a), soft(b), 1.0, gather=gather),
+    "entropy_code": lambda a, b, gather: cc_entropy_term(soft(a), soft(b), "code", gather=gather),
+    "entropy_paper": lambda a, b, gather: cc_entropy_term(soft(a), soft(b), "paper", gather=gather),
+}
+GLOBAL = {"cluster", "entropy_code", "entropy_paper"}  # every rank computes the same (global-batch) loss
 
 
 def free_port() -> int:
@@ -22,62 +55,80 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    z_a = torch.randn(WORLD * N, D, generator=generator)
-    z_b = torch.randn(WORLD * N, D, generator=generator)
-    scores = torch.randn(WORLD * N, K, generator=generator)
-    return z_a, z_b, scores
+def global_batch(n: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(n)
+    return {
+        "z_a": torch.randn(WORLD * n, D, generator=generator, dtype=torch.float64),
+        "z_b": torch.randn(WORLD * n, D, generator=generator, dtype=torch.float64),
+        "scores": torch.randn(WORLD * n, 6, generator=generator).tanh(),
+        # |s|/ε up to 1e3: exercises the global log-sum-exp of the stabilised first round
+        "huge": 50 * torch.randn(WORLD * n, 6, generator=generator),
+    }
+
+
+def losses_and_grads(z_a: torch.Tensor, z_b: torch.Tensor, gather: bool) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, loss_fn in LOSSES.items():
+        a, b = z_a.clone().requires_grad_(), z_b.clone().requires_grad_()
+        loss = loss_fn(a, b, gather)
+        loss.backward()
+        out[f"{name}/loss"] = loss.detach()
+        out[f"{name}/grad"] = torch.cat([a.grad, b.grad], dim=1)
+    return out
 
 
 def worker(rank: int, port: int, out: str) -> None:
+    # a forked child must not enter the OpenMP pool it inherited (and the tensors here are tiny anyway)
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
-        z_a, z_b, scores = global_batch()
-        rows = slice(rank * N, (rank + 1) * N)
         results = {}
-        for name in ("nt_xent", "cluster"):
-            a = z_a[rows].clone().requires_grad_()
-            b = z_b[rows].clone().requires_grad_()
-            if name == "nt_xent":
-                loss = nt_xent(a, b, 0.5, gather=True)
-            else:
-                loss = cluster_contrastive_loss(
-                    torch.softmax(a[:, :K], 1), torch.softmax(b[:, :K], 1), gather=True
-                )
-            loss.backward()
-            # DDP divides the summed parameter gradients by the world size; the gather's backward already summed
-            # every rank's loss gradient into these rows, so this rank's contribution is grad / WORLD
-            grads = torch.cat([a.grad, b.grad])
-            losses = loss.detach().clone()
-            dist.all_reduce(losses)
-            results[name] = {"loss": losses / WORLD, "grad": grads / WORLD}
-        results["codes"] = sinkhorn(scores[rows], epsilon=0.5, iterations=3, distributed=True)
+        for n in SIZES:
+            batch = global_batch(n)
+            rows = slice(rank * n, (rank + 1) * n)
+            for key, value in losses_and_grads(batch["z_a"][rows], batch["z_b"][rows], gather=True).items():
+                results[f"{n}/{key}"] = value
+            for key in ("scores", "huge"):
+                results[f"{n}/codes_{key}"] = sinkhorn(batch[key][rows], distributed=True)
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
+def run_workers(out: Path) -> None:
+    """Run ``worker`` on WORLD processes; fail instead of hanging if they do not finish in time."""
+    # fork skips re-importing torch in every child (about 1 s instead of 10 on a loaded 2-core machine)
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    context = mp.start_processes(
+        worker, args=(free_port(), str(out)), nprocs=WORLD, join=False, start_method=method
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.terminate()
+            pytest.fail(f"the {WORLD} gloo workers did not finish within {TIMEOUT_S} s")
+
+
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
-def test_gathered_losses_match_single_process(tmp_path: Path) -> None:
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    z_a, z_b, scores = global_batch()
-    reference = {}
-    for name in ("nt_xent", "cluster"):
-        a, b = z_a.clone().requires_grad_(), z_b.clone().requires_grad_()
-        if name == "nt_xent":
-            loss = nt_xent(a, b, 0.5)
-        else:
-            loss = cluster_contrastive_loss(torch.softmax(a[:, :K], 1), torch.softmax(b[:, :K], 1))
-        loss.backward()
-        reference[name] = (loss.detach(), a.grad, b.grad)
-    codes = sinkhorn(scores, epsilon=0.5, iterations=3)
-    for rank in range(WORLD):
-        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        rows = slice(rank * N, (rank + 1) * N)
-        for name, (loss, grad_a, grad_b) in reference.items():
-            torch.testing.assert_close(result[name]["loss"], loss)
-            # what DDP applies through rank r's rows equals the single-process gradient of those rows
-            expected = torch.cat([grad_a[rows], grad_b[rows]])
-            torch.testing.assert_close(result[name]["grad"], expected)
-        torch.testing.assert_close(result["codes"], codes[rows])
+def test_gathered_losses_and_sinkhorn_match_single_process(tmp_path: Path) -> None:
+    run_workers(tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    for n in SIZES:
+        batch = global_batch(n)
+        reference = losses_and_grads(batch["z_a"], batch["z_b"], gather=False)
+        for name in LOSSES:
+            per_rank = torch.stack([result[f"{n}/{name}/loss"] for result in ranks])
+            torch.testing.assert_close(per_rank.mean(), reference[f"{name}/loss"])
+            if name in GLOBAL:
+                torch.testing.assert_close(per_rank, reference[f"{name}/loss"].expand(WORLD))
+            for r, result in enumerate(ranks):
+                rows = slice(r * n, (r + 1) * n)
+                torch.testing.assert_close(
+                    result[f"{n}/{name}/grad"] / WORLD, reference[f"{name}/grad"][rows]
+                )
+        for key in ("scores", "huge"):
+            codes = sinkhorn(batch[key])
+            assert torch.isfinite(codes).all()
+            for r, result in enumerate(ranks):
+                torch.testing.assert_close(result[f"{n}/codes_{key}"], codes[r * n : (r + 1) * n])

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
 def byol_loss(prediction: Tensor, target: Tensor) -> Tensor:
-    """``mean_i (2 − 2·⟨q_i/‖q_i‖, z'_i/‖z'_i‖⟩)`` (Grill et al. 2020, Eq. 2); no gradient reaches ``target``.
+    """Normalised MSE ``mean_i ‖q̄_i − z̄'_i‖² = mean_i (2 − 2·cos(q_i, z'_i))`` (Grill et al. 2020, Eq. 2).
 
-    BYOL symmetrises by adding the loss with the views swapped (Eq. 3); that is the method's job.
+    ``prediction`` is the online network's q_θ(z_θ) and ``target`` the target network's z'_ξ, both N×D and
+    L2-normalised here. The target gets no gradient (stop-gradient, Eq. 2 is minimised w.r.t. θ only). BYOL's
+    loss is symmetrised by adding the term with the two views swapped (Eq. 3); that is the method's job.
     """
-    p = F.normalize(prediction.float(), dim=1)
-    t = F.normalize(target.detach().float(), dim=1)
-    return (2.0 - 2.0 * (p * t).sum(dim=1)).mean()
+    if prediction.shape != target.shape or prediction.dim() != 2:
+        raise ValueError(
+            f"prediction and target must both be N×D, got {tuple(prediction.shape)} and {tuple(target.shape)}"
+        )
+    dtype = torch.promote_types(prediction.dtype, torch.float32)
+    cosine = F.cosine_similarity(prediction.to(dtype), target.detach().to(dtype), dim=1)
+    return cosine.mean().mul(-2.0).add(2.0)  # 2 − 2·mean cos, in two tensor ops
