@@ -27,7 +27,8 @@ from deepclust.data.augment import AugmentConfig
 from deepclust.errors import ConfigError
 from deepclust.models import ModelConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# shipped inside the package so that a wheel install finds them too; the repository's configs/ links here
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass
