@@ -295,6 +295,18 @@ def test_every_method_has_its_configs() -> None:
         assert {path.stem for path in (CONFIG_DIR / name).glob("*.yaml")} == expected
 
 
+def test_configs_ship_inside_the_package() -> None:
+    """A wheel install must find the CPU defaults: the YAML files sit in the package and its package-data."""
+    import tomllib
+
+    import deepclust
+
+    assert CONFIG_DIR.parent == Path(deepclust.__file__).resolve().parent
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["deepclust"]
+    assert SHIPPED and all(any(p.relative_to(CONFIG_DIR.parent).match(g) for g in patterns) for p in SHIPPED)
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_config_loads(path: Path) -> None:
     cfg = build_config(config_file=path)
