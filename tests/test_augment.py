@@ -211,6 +211,17 @@ def test_same_seed_same_views() -> None:
         assert not torch.allclose(a, c)
 
 
+def test_single_view_is_that_view_of_the_full_call() -> None:
+    aug = _augmenter(pipeline="byol")  # view 1 has different blur and solarize probabilities than view 0
+    images = _images(8)
+    torch.manual_seed(5)
+    first = aug(images)[0]
+    torch.manual_seed(5)
+    torch.testing.assert_close(aug.view(images), first, rtol=0, atol=0)
+    torch.manual_seed(5)
+    assert aug.view(images, 1).shape == first.shape and not torch.allclose(aug.view(images, 1), first)
+
+
 def test_views_stay_float32_under_autocast_and_accept_float_input() -> None:
     aug = _augmenter(pipeline="simclr")
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):

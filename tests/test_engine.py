@@ -65,10 +65,28 @@ def test_batches_shard_the_permutation_and_restart_mid_epoch() -> None:
     ranks = [TrainBatches(data, 4, rank=r, world_size=2, seed=3) for r in range(2)]
     seen = torch.cat([r.indices(epoch=1).flatten() for r in ranks])
     assert len(ranks[0]) == 6 and seen.unique().numel() == 48  # disjoint, drop_last
-    full = [idx for _, idx in ranks[0].epoch(1)]
-    tail = [idx for _, idx in ranks[0].epoch(1, start=4)]
+    full = [idx for _, _, idx in ranks[0].epoch(1)]
+    tail = [idx for _, _, idx in ranks[0].epoch(1, start=4)]
     assert all(torch.equal(a, b) for a, b in zip(full[4:], tail, strict=True))
     assert not torch.equal(ranks[0].indices(1), ranks[0].indices(2))
+
+
+def test_companions_are_fetched_and_reproducible_after_a_mid_epoch_restart() -> None:
+    images = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1)  # pixel value = sample index
+    data = ArrayDataset("toy", images, None, 4)
+    batches = TrainBatches(data, 4, seed=1)
+
+    def random_other(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return (indices + torch.randint(1, 40, indices.shape, generator=generator)) % 40
+
+    full = list(batches.epoch(0, companions=random_other))
+    for batch_images, companions, indices in full:
+        assert torch.equal(batch_images.flatten().long(), indices)
+        assert companions is not None and companions.shape == batch_images.shape
+        assert not torch.equal(companions, batch_images)
+    resumed = list(batches.epoch(0, start=6, companions=random_other))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(full[6:], resumed, strict=True))
+    assert all(companions is None for _, companions, _ in batches.epoch(0))
 
 
 def test_training_writes_a_complete_run_directory(tmp_path: Path) -> None:
@@ -103,10 +121,10 @@ def test_resume_reproduces_the_uninterrupted_loss_trajectory(
     interrupted = RunDir(tmp_path / "interrupted").create()
     original_step = Trainer._step
 
-    def crash_at_23(self: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def crash_at_23(self: Trainer, *batch: torch.Tensor | None) -> dict[str, torch.Tensor]:
         if self.state.step == 23:
             raise KeyboardInterrupt
-        return original_step(self, images)
+        return original_step(self, *batch)
 
     monkeypatch.setattr(Trainer, "_step", crash_at_23)
     with pytest.raises(KeyboardInterrupt):

@@ -531,6 +531,13 @@ class ViewAugmenter(nn.Module):
             return [pipeline(x) for pipeline in self.pipelines]
 
     @torch.no_grad()
+    def view(self, images: Tensor, index: int = 0) -> Tensor:
+        """Only view ``index`` of a uint8 batch (the same random draw as that view of :meth:`forward`)."""
+        x = self._to_float(images)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.pipelines[index](x)
+
+    @torch.no_grad()
     def eval_view(self, images: Tensor) -> Tensor:
         """The deterministic view for evaluation and read-outs (and SIC's raw view): resize, normalise."""
         x = self._to_float(images)

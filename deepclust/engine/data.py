@@ -3,13 +3,19 @@
 Images stay uint8 until they reach the training device, where the method's augmenter makes the views; a batch
 costs one numpy fancy-index (no per-image Python work). Each DDP rank takes a disjoint slice of one global
 permutation drawn from (seed, epoch), so the data order is reproducible and resumable mid-epoch.
+
+Companions. A method may ask for extra samples alongside each batch (SCAN: one mined neighbour per anchor).
+:meth:`TrainBatches.epoch` then calls ``companions(indices, generator)`` on the prefetch thread and fetches
+those images too; the generator is seeded from (seed, epoch, batch, rank), so the companions of a batch are the
+same after a mid-epoch resume.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,7 +34,13 @@ def _fetch(dataset: ArrayDataset, indices: Tensor, pin: bool) -> tuple[Tensor, T
     return (batch.pin_memory() if pin else batch), indices
 
 
-def _prefetch(items: Iterator[tuple[Tensor, Tensor]], depth: int = 3) -> Iterator[tuple[Tensor, Tensor]]:
+T = TypeVar("T")
+
+#: ``(batch indices, generator) -> dataset indices of the companion samples, or None for none``
+CompanionSampler = Callable[[Tensor, torch.Generator], Tensor | None]
+
+
+def _prefetch(items: Iterator[T], depth: int = 3) -> Iterator[T]:
     """Run the producer on a background thread so reading the next batch overlaps the training step."""
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
@@ -81,9 +93,27 @@ class TrainBatches:
         grid = permutation[:used].view(self.batches_per_epoch, self.world_size, self.batch_size)
         return grid[:, self.rank]
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        batches = self.indices(epoch)[start:]
-        return _prefetch(_fetch(self.dataset, b, self.pin_memory) for b in batches)
+    def companion_generator(self, epoch: int, batch: int) -> torch.Generator:
+        """The generator a batch's companions are drawn with: a function of (seed, epoch, batch, rank) only."""
+        seed = ((self.seed * 100_003 + epoch) * 1_000_003 + batch) * 1_009 + self.rank
+        return torch.Generator().manual_seed(seed % 2**63)
+
+    def epoch(
+        self, epoch: int, start: int = 0, companions: CompanionSampler | None = None
+    ) -> Iterator[tuple[Tensor, Tensor | None, Tensor]]:
+        """``(images, companion images or None, indices)`` for the batches of ``epoch`` from batch ``start``."""
+        batches = self.indices(epoch)
+
+        def load(batch: int) -> tuple[Tensor, Tensor | None, Tensor]:
+            images, indices = _fetch(self.dataset, batches[batch], self.pin_memory)
+            extra = (
+                None if companions is None else companions(indices, self.companion_generator(epoch, batch))
+            )
+            if extra is None:
+                return images, None, indices
+            return images, _fetch(self.dataset, extra, self.pin_memory)[0], indices
+
+        return _prefetch(load(b) for b in range(start, len(batches)))
 
 
 def eval_batches(

@@ -151,6 +151,12 @@ class Trainer:
         self.warmup_steps = round(cfg.optim.warmup_epochs * len(self.batches))
         self.base_lr = optimizer.param_groups[0]["base_lr"]
         self.state = LoopState()
+        if not resume:  # on resume, what this computes is restored with the method's state
+            with self.console.status("preparing the method's training data"):
+                prepared = method.prepare_training(self.dataset, self.fabric.device)
+            if prepared:
+                self._log("prepare", **prepared)
+                self.console.print("prepared: " + ", ".join(f"{k} {v}" for k, v in prepared.items()))
         self.tensorboard = (
             self._tensorboard() if cfg.train.tensorboard and self.fabric.is_global_zero else None
         )
@@ -223,11 +229,13 @@ class Trainer:
         images_per_step = cfg.optim.batch_size * self.fabric.world_size
         with progress:
             while state.step < self.total_steps:
-                epoch_batches = self.batches.epoch(state.epoch, start=state.batch)
+                epoch_batches = self.batches.epoch(
+                    state.epoch, start=state.batch, companions=self.method.companion_indices
+                )
                 wait_start = time.perf_counter()
-                for images, _ in epoch_batches:
+                for images, companions, _ in epoch_batches:
                     window["data"] += time.perf_counter() - wait_start
-                    losses = self._step(images.to(self.fabric.device, non_blocking=True))
+                    losses = self._step(images, companions)
                     state.batch += 1
                     window["steps"] += 1
                     state.elapsed_s = time.perf_counter() - session_start
@@ -264,7 +272,7 @@ class Trainer:
         self.console.print(f"run directory: {self.run_dir.path}")
         return metrics
 
-    def _step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _step(self, images: torch.Tensor, companions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One optimisation step, in the order of ``deepclust/methods/base.py``."""
         state, cfg = self.state, self.cfg
         set_lr(
@@ -278,9 +286,8 @@ class Trainer:
                 cfg.optim.min_lr_ratio,
             ),
         )
-        if cfg.train.channels_last and images.ndim == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
-        losses = self.model(images)
+        batch = [self._to_device(x) for x in (images, companions) if x is not None]
+        losses = self.model(*batch)
         total = losses["loss"]
         if not torch.isfinite(total.detach()):
             self._diverged(losses)
@@ -293,6 +300,12 @@ class Trainer:
         self.method.on_after_optimizer_step(state.step, self.total_steps)
         state.step += 1
         return losses
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.fabric.device, non_blocking=True)
+        if self.cfg.train.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def _diverged(self, losses: dict[str, torch.Tensor]) -> None:
         bad = [

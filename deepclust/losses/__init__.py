@@ -3,6 +3,8 @@
 from deepclust.losses.byol import byol_loss
 from deepclust.losses.cluster_contrast import cc_entropy_term, cluster_contrastive_loss, cluster_entropy
 from deepclust.losses.nt_xent import NTXentLoss, nt_xent
+from deepclust.losses.scan import neighbour_consistency
+from deepclust.losses.self_label import confident_self_label_loss
 from deepclust.losses.sinkhorn import sinkhorn
 from deepclust.losses.swav import swav_loss
 
@@ -12,6 +14,8 @@ __all__ = [
     "cc_entropy_term",
     "cluster_contrastive_loss",
     "cluster_entropy",
+    "confident_self_label_loss",
+    "neighbour_consistency",
     "nt_xent",
     "sinkhorn",
     "swav_loss",

@@ -7,6 +7,8 @@ from deepclust.methods.base import Method
 from deepclust.methods.byol import BYOL
 from deepclust.methods.cc import ContrastiveClustering
 from deepclust.methods.kmeans import KMeansBaseline
+from deepclust.methods.scan import SCAN
+from deepclust.methods.selflabel import SelfLabel
 from deepclust.methods.simclr import SimCLR
 from deepclust.methods.swav import SwAV
 
@@ -16,6 +18,8 @@ METHODS: dict[str, type] = {
     "byol": BYOL,
     "swav": SwAV,
     "cc": ContrastiveClustering,
+    "scan": SCAN,
+    "selflabel": SelfLabel,
 }
 
 

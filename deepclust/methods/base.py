@@ -11,15 +11,24 @@ Step order in the loop (the same for every method)::
     method.on_before_optimizer_step(step)    # e.g. SwAV zeroes prototype grads while they are frozen
     optimizer.step(); scheduler update
     method.on_after_optimizer_step(step, total_steps)   # e.g. EMA target update, prototype renormalisation
+
+Two optional hooks serve methods that look beyond the batch (SCAN's mined neighbours):
+:meth:`Method.prepare_training` runs once before the first step of a new run (not on resume: whatever it
+computes must live in buffers, which the checkpoint restores), and :meth:`Method.companion_indices` names extra
+samples to load with every batch; their uint8 images reach ``forward`` as its ``companions`` argument.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from deepclust.data import ArrayDataset
 
 
 class Method(nn.Module, ABC):
@@ -50,6 +59,19 @@ class Method(nn.Module, ABC):
     def readout(self, images: Tensor) -> dict[str, Tensor]:
         """Evaluation outputs for a uint8 batch: ``"features"`` (N×D, clustered by k-means) and, for methods
         with a cluster head, ``"probs"`` (N×K soft assignments). Implementations run under ``torch.no_grad``."""
+
+    def prepare_training(self, dataset: ArrayDataset, device: torch.device) -> dict[str, Any]:
+        """Called once before the first step of a new run, after the method is on ``device``; what it returns
+        is logged (a ``prepare`` event in log.jsonl)."""
+        return {}
+
+    def companion_indices(self, indices: Tensor, generator: torch.Generator) -> Tensor | None:
+        """Dataset indices of extra samples to load with the batch ``indices`` (``None``: none, the default).
+
+        Runs on the data thread, so it must only read state that training does not change; draw any randomness
+        from ``generator``, which makes the choice reproducible and resumable.
+        """
+        return None
 
     def on_before_optimizer_step(self, step: int) -> None:
         """Called after backward, before the optimiser step (gradients are available)."""

@@ -16,7 +16,7 @@ pipeline, which has no ``Normalize``) turns normalisation off altogether.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -66,6 +66,9 @@ class BackboneMethod(Method):
     override :meth:`cluster_probs`.
     """
 
+    #: the fewest augmented views per image the method's loss works with
+    min_views: ClassVar[int] = 2
+
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
         # The Config dataclass as a plain object: cheap attribute reads in forward, no OmegaConf nodes.
@@ -74,8 +77,10 @@ class BackboneMethod(Method):
         )
         self.augmenter = build_augmenter(cfg, image_shape)
         views = self.augmenter.config.num_views
-        if views < 2:
-            raise ConfigError(f"augment.num_views must be at least 2 for method {cfg.method!r}, got {views}")
+        if views < self.min_views:
+            raise ConfigError(
+                f"augment.num_views must be at least {self.min_views} for method {cfg.method!r}, got {views}"
+            )
         self.backbone: Backbone = build_backbone(cfg.model, int(image_shape[0]), self.augmenter.image_size)
         self.feature_dim = int(self.backbone.feature_dim)
         self._channels_last = bool(cfg.train.channels_last)

@@ -1,0 +1,163 @@
+"""SCAN (Van Gansbeke et al., ECCV 2020), its clustering step: neighbours of a pretext model share a cluster.
+
+The backbone starts from a model trained by another method (``params.pretrained``: a run directory of
+``simclr``, ``byol``, ``swav``, ``cc``, ...). Before the first step every sample's ``K`` nearest neighbours are
+mined once, by cosine similarity of that backbone's features (or of the centred raw pixels,
+``params.neighbour_space=pixels``). Training then draws one neighbour per anchor in every batch and minimises
+
+    Λ = −1/N Σ_i log⟨Φ(X_i), Φ(k_i)⟩  −  λ H(1/N Σ_i Φ(X_i))                       (SCAN Eq. 2)
+
+where ``Φ`` is a linear cluster head with a softmax on the backbone features, trained together with the
+backbone. The read-out is the argmax of ``Φ``. See docs/methods/scan.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from deepclust.data import ArrayDataset
+from deepclust.engine.checkpoint import load_checkpoint
+from deepclust.errors import ConfigError, UserError
+from deepclust.evaluation.neighbours import nearest_neighbours, neighbour_accuracy
+from deepclust.evaluation.readout import extract
+from deepclust.losses import cluster_entropy, neighbour_consistency
+from deepclust.methods.common import BackboneMethod
+
+NEIGHBOUR_SPACES = ("features", "pixels")
+
+
+@dataclass
+class SCANConfig:
+    """SCAN hyper-parameters (``params.*``).
+
+    Attributes:
+        pretrained: run directory (its ``checkpoints/last.pt``) or checkpoint file of the pretext model whose
+            backbone SCAN starts from; its ``model`` settings must equal this run's. ``None`` trains the
+            backbone from scratch, which needs ``neighbour_space=pixels``.
+        num_neighbours: ``K`` neighbours mined per sample (paper: 20).
+        neighbour_space: ``features`` (the pretrained backbone's, as in the paper) or ``pixels`` (the centred
+            raw images, a choice for small grayscale images whose pixel neighbours are already good).
+        entropy_weight: λ, the weight of the entropy of the mean assignment (paper code: 5.0).
+    """
+
+    pretrained: str | None = None
+    num_neighbours: int = 20
+    neighbour_space: str = "features"
+    entropy_weight: float = 5.0
+
+
+def load_pretrained_backbone(backbone: nn.Module, source: str | Path) -> Path:
+    """Copy the ``backbone.*`` weights of a run directory's last checkpoint (or a checkpoint file) into
+    ``backbone``; returns the checkpoint's path. A missing file or a different architecture is a user error."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise UserError(f"params.pretrained: no checkpoint at {path}")
+    weights = load_checkpoint(path).get("method", {})
+    prefix = "backbone."
+    state = {key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)}
+    if not state:
+        raise UserError(f"params.pretrained: {path} has no backbone weights")
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise UserError(
+            f"params.pretrained: the backbone in {path} does not match this run's model.* settings ({first})"
+        ) from None
+    return path
+
+
+class SCAN(BackboneMethod):
+    """SCAN's clustering step: a pretrained backbone, a linear cluster head, neighbour consistency + entropy."""
+
+    Config: ClassVar[type | None] = SCANConfig
+    # The paper's clustering step: Adam at 1e-4 with weight decay 1e-4 and a constant rate.
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "optim": {
+            "name": "adam",
+            "lr": 1e-4,
+            "weight_decay": 1e-4,
+            "schedule": "constant",
+            "batch_size": 128,
+        },
+    }
+    primary_readout: ClassVar[str] = "head"
+    min_views: ClassVar[int] = 1
+
+    def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
+        super().__init__(cfg, image_shape, num_clusters)
+        p = self.params
+        if p.neighbour_space not in NEIGHBOUR_SPACES:
+            choices = ", ".join(NEIGHBOUR_SPACES)
+            raise ConfigError(f"params.neighbour_space must be one of {choices}; got {p.neighbour_space!r}")
+        if p.num_neighbours < 1:
+            raise ConfigError(f"params.num_neighbours must be at least 1, got {p.num_neighbours}")
+        if p.pretrained is None and p.neighbour_space == "features":
+            raise ConfigError(
+                "SCAN mines neighbours with a pretrained backbone: set params.pretrained=RUN_DIR "
+                "(a finished simclr/byol/swav/cc run), or params.neighbour_space=pixels"
+            )
+        if p.pretrained is not None:
+            load_pretrained_backbone(self.backbone, p.pretrained)
+        self.cluster_head = nn.Linear(self.feature_dim, num_clusters)
+        # N×K mined neighbour indices, kept on the CPU for the data thread; saved through get_extra_state
+        self.neighbours = torch.empty(0, p.num_neighbours, dtype=torch.int64)
+
+    def cluster_probs(self, features: Tensor) -> Tensor:
+        """``Φ(X) = softmax(W h + b)``, N×K in float32."""
+        return self.cluster_head(features).float().softmax(dim=1)
+
+    def prepare_training(self, dataset: ArrayDataset, device: torch.device) -> dict[str, Any]:
+        """Mine every sample's neighbours (SCAN Sec. 2.1) once, before the first step."""
+        if self.params.neighbour_space == "pixels":
+            space = dataset.images.reshape(len(dataset), -1).astype(np.float32)
+            space -= space.mean(axis=0)
+        else:
+            space = extract(self, dataset, device)["features"]
+        neighbours = nearest_neighbours(space, self.params.num_neighbours)
+        self.neighbours = torch.from_numpy(neighbours)
+        stats: dict[str, Any] = {
+            "neighbours": self.params.num_neighbours,
+            "space": self.params.neighbour_space,
+        }
+        if dataset.labels is not None:
+            stats["neighbour_accuracy"] = round(neighbour_accuracy(neighbours, dataset.labels), 4)
+        return stats
+
+    def companion_indices(self, indices: Tensor, generator: torch.Generator) -> Tensor:
+        """One of each anchor's mined neighbours, drawn uniformly."""
+        if len(self.neighbours) == 0:
+            raise RuntimeError("SCAN has no mined neighbours: prepare_training must run before training")
+        choice = torch.randint(self.neighbours.shape[1], (len(indices),), generator=generator)
+        return self.neighbours[indices, choice]
+
+    def forward(self, images: Tensor, companions: Tensor | None = None) -> dict[str, Tensor]:
+        """``Λ`` of SCAN Eq. 2 on a batch of anchors and one neighbour of each (``companions``)."""
+        if companions is None:
+            raise RuntimeError("SCAN trains on anchors and their neighbours: the loop must pass companions")
+        # one augmented view each; anchors and neighbours go through the backbone as one batch
+        view = self.prepare(self.augmenter.view(torch.cat([images, companions])))
+        probs = self.cluster_probs(self.backbone(view))
+        p_anchor, p_neighbour = probs.chunk(2)
+        consistency = neighbour_consistency(p_anchor, p_neighbour)
+        entropy = cluster_entropy(p_anchor, gather=self.gather)
+        return {
+            "loss": consistency - self.params.entropy_weight * entropy,
+            "consistency": consistency,
+            "entropy": entropy,
+        }
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        return {"neighbours": self.neighbours}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        self.neighbours = state["neighbours"].cpu()

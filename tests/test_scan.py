@@ -1,0 +1,214 @@
+"""SCAN and self-labelling: the losses by hand, neighbour mining, pretrained models, training and resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from deepclust.cli import main
+from deepclust.config import build_config
+from deepclust.engine.checkpoint import load_checkpoint
+from deepclust.engine.run_dir import RunDir
+from deepclust.engine.trainer import train
+from deepclust.errors import ConfigError, UserError
+from deepclust.evaluation import neighbours as neighbours_module
+from deepclust.evaluation.neighbours import nearest_neighbours, neighbour_accuracy
+from deepclust.losses import confident_self_label_loss, neighbour_consistency
+from deepclust.methods import method_class
+
+TINY = [
+    "model.width=8",
+    "optim.batch_size=64",
+    "train.log_every_steps=1",
+    "train.progress=false",
+    "train.precision=32",
+    "kmeans.n_init=1",
+]
+
+
+def scan_config(*extra: str) -> DictConfig:
+    return build_config(method="scan", dataset="digits", overrides=[*TINY, *extra])
+
+
+def test_neighbour_consistency_by_hand() -> None:
+    # ⟨[0.8, 0.2], [0.6, 0.4]⟩ = 0.56 and ⟨[1, 0], [0.5, 0.5]⟩ = 0.5: the loss is −(log 0.56 + log 0.5)/2
+    p_anchor = torch.tensor([[0.8, 0.2], [1.0, 0.0]])
+    p_neighbour = torch.tensor([[0.6, 0.4], [0.5, 0.5]])
+    expected = -(math.log(0.56) + math.log(0.5)) / 2
+    assert neighbour_consistency(p_anchor, p_neighbour).item() == pytest.approx(expected, rel=1e-6)
+    # confident agreement costs nothing; complete disagreement is large but finite
+    one_hot = torch.eye(3)
+    assert neighbour_consistency(one_hot, one_hot).item() == pytest.approx(0.0, abs=1e-7)
+    assert math.isfinite(neighbour_consistency(one_hot, one_hot.roll(1, dims=0)).item())
+    with pytest.raises(ValueError, match="N×K"):
+        neighbour_consistency(torch.ones(2, 3) / 3, torch.ones(3, 3) / 3)
+
+
+@pytest.mark.parametrize("use_faiss", [True, False])
+def test_nearest_neighbours_by_cosine(monkeypatch: pytest.MonkeyPatch, use_faiss: bool) -> None:
+    if use_faiss and not neighbours_module.faiss_available():
+        pytest.skip("faiss is not installed")
+    monkeypatch.setattr(neighbours_module, "faiss_available", lambda: use_faiss)
+    # unit vectors at 0°, 10°, 30°, 100° and 95°, and a longer copy of the first: cosine ignores the length
+    angles = np.radians([0.0, 10.0, 30.0, 100.0, 95.0, 0.0])
+    points = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    points[5] *= 3.0
+    found = nearest_neighbours(points, 2)
+    assert found.shape == (6, 2) and found.dtype == np.int64
+    assert set(found[0]) == {5, 1}  # its duplicate and the 10° point; never itself
+    assert set(found[5]) == {0, 1}
+    assert found[2].tolist() == [1, 0] or found[2].tolist() == [1, 5]
+    assert found[3].tolist() == [4, 2]
+    assert all(i not in row for i, row in enumerate(found))
+    labels = np.array([0, 0, 0, 1, 1, 0])
+    assert neighbour_accuracy(found, labels) == pytest.approx(np.mean(labels[found] == labels[:, None]))
+    with pytest.raises(UserError, match="neighbours"):
+        nearest_neighbours(points, 6)
+
+
+def test_scan_needs_a_pretrained_backbone_or_pixel_neighbours(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"params\.pretrained"):
+        method_class("scan")(scan_config(), (1, 8, 8), 10)
+    with pytest.raises(ConfigError, match="neighbour_space"):
+        method_class("scan")(scan_config("params.neighbour_space=colour"), (1, 8, 8), 10)
+    with pytest.raises(UserError, match="no checkpoint"):
+        method_class("scan")(scan_config(f"params.pretrained={tmp_path}"), (1, 8, 8), 10)
+
+
+def test_scan_on_a_pretrained_cc_run_then_resume(tmp_path: Path) -> None:
+    """CC trains a backbone; SCAN loads it, mines neighbours with it, trains, and resumes with the same ones."""
+    pretext = RunDir(tmp_path / "cc").create()
+    train(build_config(method="cc", dataset="digits", overrides=[*TINY, "train.max_steps=3"]), pretext)
+    pretext_weights = load_checkpoint(pretext.checkpoint_dir / "last.pt")["method"]
+
+    settings = (
+        f"params.pretrained={pretext.path}",
+        "params.num_neighbours=5",
+        "train.checkpoint_every_steps=2",
+    )
+    scan_run = RunDir(tmp_path / "scan").create()
+    cfg = scan_config(*settings, "train.max_steps=4")
+    method = method_class("scan")(cfg, (1, 8, 8), 10)
+    for name, value in method.backbone.state_dict().items():
+        torch.testing.assert_close(value, pretext_weights[f"backbone.{name}"])
+
+    metrics = train(cfg, scan_run)
+    assert metrics["primary"] == "head" and set(metrics["readouts"]) == {"head", "kmeans"}
+    events = scan_run.read_log()
+    prepare = next(e for e in events if e["event"] == "prepare")
+    assert prepare["space"] == "features" and 0.0 < prepare["neighbour_accuracy"] <= 1.0
+    train_event = next(e for e in events if e["event"] == "train")
+    assert {"consistency", "entropy"} <= set(train_event)
+    assert train_event["loss"] == pytest.approx(
+        train_event["consistency"] - 5.0 * train_event["entropy"], abs=1e-4
+    )
+    saved = load_checkpoint(scan_run.checkpoint_dir / "last.pt")["method"]["_extra_state"]["neighbours"]
+    assert saved.shape == (1797, 5)
+
+    train(scan_config(*settings, "train.max_steps=6"), scan_run, resume=True)
+    events = scan_run.read_log()
+    assert sum(e["event"] == "prepare" for e in events) == 1  # resume restores, it does not mine again
+    assert max(e["step"] for e in events if e["event"] == "train") == 6
+    after = load_checkpoint(scan_run.checkpoint_dir / "last.pt")["method"]["_extra_state"]["neighbours"]
+    assert torch.equal(saved, after)
+
+
+def test_scan_draws_companions_from_the_mined_neighbours() -> None:
+    method = method_class("scan")(scan_config("params.neighbour_space=pixels"), (1, 8, 8), 10)
+    method.neighbours = torch.arange(30).view(10, 3)
+    generator = torch.Generator().manual_seed(0)
+    indices = torch.tensor([0, 4, 9, 4])
+    drawn = method.companion_indices(indices, generator)
+    assert all(int(d) in set(method.neighbours[i].tolist()) for i, d in zip(indices, drawn, strict=True))
+
+
+def test_pretrained_with_another_architecture_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pretext = RunDir(tmp_path / "cc").create()
+    train(build_config(method="cc", dataset="digits", overrides=[*TINY, "train.max_steps=1"]), pretext)
+    capsys.readouterr()
+    code = main(
+        [
+            "train",
+            "--method",
+            "scan",
+            "--dataset",
+            "digits",
+            "--out",
+            str(tmp_path / "scan"),
+            *TINY,
+            "model.width=16",
+            f"params.pretrained={pretext.path}",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not match" in err[0]
+
+
+# ------------------------------------------------------------------------------------------ self-labelling
+
+
+def test_confident_self_label_loss_by_hand() -> None:
+    # Three confident samples (pseudo-labels 0, 0, 1) and one that is not (0.6 < 0.99).
+    p_weak = torch.tensor([[0.995, 0.005], [0.995, 0.005], [0.005, 0.995], [0.6, 0.4]])
+    p_strong = torch.tensor([[0.5, 0.5], [0.8, 0.2], [0.25, 0.75], [0.1, 0.9]])
+    losses = [-math.log(0.5), -math.log(0.8), -math.log(0.75)]
+    plain, share = confident_self_label_loss(p_weak, p_strong, 0.99, balanced=False)
+    assert plain.item() == pytest.approx(sum(losses) / 3, rel=1e-6)
+    assert share.item() == pytest.approx(0.75)
+    # balanced: class 0 has 2 of the 3 confident samples (weight 3/2), class 1 has 1 (weight 3)
+    balanced, _ = confident_self_label_loss(p_weak, p_strong, 0.99)
+    expected = (1.5 * losses[0] + 1.5 * losses[1] + 3.0 * losses[2]) / (1.5 + 1.5 + 3.0)
+    assert balanced.item() == pytest.approx(expected, rel=1e-6)
+    # nothing confident: zero loss, still differentiable
+    p_strong.requires_grad_(True)
+    none, share = confident_self_label_loss(torch.full((2, 2), 0.5), p_strong[:2])
+    assert none.item() == 0.0 and share.item() == 0.0
+    none.backward()
+    with pytest.raises(ValueError, match="threshold"):
+        confident_self_label_loss(p_weak, p_strong, 1.0)
+
+
+def test_selflabel_fine_tunes_a_cc_run(tmp_path: Path) -> None:
+    pretext = RunDir(tmp_path / "cc").create()
+    cc_cfg = build_config(method="cc", dataset="digits", overrides=[*TINY, "train.max_steps=3"])
+    pretext.save_config(cc_cfg)
+    train(cc_cfg, pretext)
+    before = load_checkpoint(pretext.checkpoint_dir / "last.pt")["method"]
+
+    cfg = build_config(
+        method="selflabel",
+        dataset="digits",
+        overrides=[*TINY, "train.max_steps=3", f"params.pretrained={pretext.path}", "params.threshold=0.1"],
+    )
+    run = RunDir(tmp_path / "selflabel").create()
+    metrics = train(cfg, run)
+    assert metrics["primary"] == "head"
+    steps = [e for e in run.read_log() if e["event"] == "train"]
+    assert len(steps) == 3 and all(e["confident_share"] == 1.0 for e in steps)  # every sample is above 0.1
+    after = load_checkpoint(run.checkpoint_dir / "last.pt")["method"]
+    assert not torch.equal(after["model.cluster_head.net.0.weight"], before["cluster_head.net.0.weight"])
+
+
+def test_selflabel_needs_a_run_with_a_cluster_head(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"params\.pretrained"):
+        method_class("selflabel")(build_config(method="selflabel", dataset="digits"), (1, 8, 8), 10)
+    simclr = RunDir(tmp_path / "simclr").create()
+    simclr_cfg = build_config(method="simclr", dataset="digits", overrides=[*TINY, "train.max_steps=1"])
+    simclr.save_config(simclr_cfg)
+    train(simclr_cfg, simclr)
+    cfg = build_config(
+        method="selflabel", dataset="digits", overrides=[*TINY, f"params.pretrained={simclr.path}"]
+    )
+    with pytest.raises(UserError, match="no cluster head"):
+        method_class("selflabel")(cfg, (1, 8, 8), 10)
+    with pytest.raises(UserError, match="run directory not found"):
+        cfg.params.pretrained = str(tmp_path / "missing")
+        method_class("selflabel")(cfg, (1, 8, 8), 10)
