@@ -51,6 +51,12 @@ def build_augmenter(cfg: DictConfig, image_shape: tuple[int, int, int]) -> ViewA
     return ViewAugmenter(cfg.augment, channels, int(image_shape[1]), mean, std)
 
 
+def first_mismatch(err: RuntimeError) -> str:
+    """The first specific line of a ``load_state_dict`` error (the first line only says that loading failed)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else lines[0] if lines else "unknown error"
+
+
 def readout_outputs(features: Tensor, probs: Tensor | None = None) -> dict[str, Tensor]:
     """The read-out dict in float32 (autocast may have produced bf16/fp16), without autograd history."""
     out = {"features": features.detach().float()}

@@ -28,7 +28,7 @@ from deepclust.errors import ConfigError, UserError
 from deepclust.evaluation.neighbours import nearest_neighbours, neighbour_accuracy
 from deepclust.evaluation.readout import extract
 from deepclust.losses import cluster_entropy, neighbour_consistency
-from deepclust.methods.common import BackboneMethod
+from deepclust.methods.common import BackboneMethod, first_mismatch
 
 NEIGHBOUR_SPACES = ("features", "pixels")
 
@@ -69,9 +69,9 @@ def load_pretrained_backbone(backbone: nn.Module, source: str | Path) -> Path:
     try:
         backbone.load_state_dict(state)
     except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise UserError(
-            f"params.pretrained: the backbone in {path} does not match this run's model.* settings ({first})"
+            f"params.pretrained: the backbone in {path} does not match this run's model.* settings "
+            f"({first_mismatch(err)})"
         ) from None
     return path
 

@@ -23,7 +23,7 @@ from deepclust.engine.run_dir import RunDir
 from deepclust.errors import ConfigError, UserError
 from deepclust.losses.self_label import confident_self_label_loss
 from deepclust.methods.base import Method
-from deepclust.methods.common import BackboneMethod, build_augmenter, readout_outputs
+from deepclust.methods.common import BackboneMethod, build_augmenter, first_mismatch, readout_outputs
 
 
 @dataclass
@@ -58,7 +58,7 @@ def load_pretrained_method(source: str, image_shape: tuple[int, int, int], num_c
         method.load_state_dict(load_checkpoint(checkpoint)["method"])
     except RuntimeError as err:
         raise UserError(
-            f"params.pretrained: {checkpoint} does not fit its own configuration ({err})"
+            f"params.pretrained: {checkpoint} does not fit its own configuration ({first_mismatch(err)})"
         ) from None
     return method
 
