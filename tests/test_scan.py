@@ -209,6 +209,11 @@ def test_selflabel_needs_a_run_with_a_cluster_head(tmp_path: Path) -> None:
     )
     with pytest.raises(UserError, match="no cluster head"):
         method_class("selflabel")(cfg, (1, 8, 8), 10)
+    other_data = build_config(
+        method="selflabel", dataset="fashion-mnist", overrides=[*TINY, f"params.pretrained={simclr.path}"]
+    )
+    with pytest.raises(UserError, match="same data"):
+        method_class("selflabel")(other_data, (1, 28, 28), 10)
     with pytest.raises(UserError, match="run directory not found"):
         cfg.params.pretrained = str(tmp_path / "missing")
         method_class("selflabel")(cfg, (1, 8, 8), 10)

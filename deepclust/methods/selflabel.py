@@ -41,8 +41,11 @@ class SelfLabelConfig:
     balanced: bool = True
 
 
-def load_pretrained_method(source: str, image_shape: tuple[int, int, int], num_clusters: int) -> Method:
-    """The method of a finished run, rebuilt from its ``config.yaml`` and filled from ``checkpoints/last.pt``."""
+def load_pretrained_method(
+    source: str, data: DictConfig, image_shape: tuple[int, int, int], num_clusters: int
+) -> Method:
+    """The method of a finished run on the same data (``data``: this run's ``data`` section), rebuilt from its
+    ``config.yaml`` and filled from ``checkpoints/last.pt``."""
     from deepclust.config import build_config  # local: the configuration module imports the method registry
     from deepclust.methods import method_class
 
@@ -51,6 +54,12 @@ def load_pretrained_method(source: str, image_shape: tuple[int, int, int], num_c
     if not checkpoint.is_file():
         raise UserError(f"params.pretrained: {run.path} has no checkpoint to start from ({checkpoint})")
     cfg = build_config(config_file=run.path / "config.yaml")
+    for key in ("name", "split", "num_clusters"):
+        if cfg.data[key] != data[key]:
+            raise UserError(
+                f"params.pretrained: {run.path} was trained with data.{key}={cfg.data[key]}, this run has "
+                f"data.{key}={data[key]}; self-labelling fine-tunes a clustering of the same data"
+            )
     if not method_class(cfg.method).trainable:
         raise UserError(f"params.pretrained: {run.path} is a {cfg.method} run, which has no trained model")
     method: Method = method_class(cfg.method)(cfg, image_shape, num_clusters)
@@ -85,7 +94,7 @@ class SelfLabel(Method):
                 "self-labelling fine-tunes a finished clustering run: set params.pretrained=RUN_DIR "
                 "(a cc, scan or swav run with K prototypes)"
             )
-        model = load_pretrained_method(self.params.pretrained, image_shape, num_clusters)
+        model = load_pretrained_method(self.params.pretrained, cfg.data, image_shape, num_clusters)
         if (
             not isinstance(model, BackboneMethod)
             or model.cluster_probs(torch.zeros(1, model.feature_dim)) is None
