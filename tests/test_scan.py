@@ -51,8 +51,6 @@ def test_neighbour_consistency_by_hand() -> None:
 
 @pytest.mark.parametrize("use_faiss", [True, False])
 def test_nearest_neighbours_by_cosine(monkeypatch: pytest.MonkeyPatch, use_faiss: bool) -> None:
-    if use_faiss and not neighbours_module.faiss_available():
-        pytest.skip("faiss is not installed")
     monkeypatch.setattr(neighbours_module, "faiss_available", lambda: use_faiss)
     # unit vectors at 0°, 10°, 30°, 100° and 95°, and a longer copy of the first: cosine ignores the length
     angles = np.radians([0.0, 10.0, 30.0, 100.0, 95.0, 0.0])
@@ -209,6 +207,16 @@ def test_selflabel_needs_a_run_with_a_cluster_head(tmp_path: Path) -> None:
     )
     with pytest.raises(UserError, match="no cluster head"):
         method_class("selflabel")(cfg, (1, 8, 8), 10)
+    # SwAV with K prototypes has a cluster head (behind a BatchNorm projector, so it is asked in eval mode)
+    swav = RunDir(tmp_path / "swav").create()
+    swav_settings = [*TINY, "train.max_steps=1", "params.projection_dim=8", "params.hidden_dim=16"]
+    swav_cfg = build_config(method="swav", dataset="digits", overrides=swav_settings)
+    swav.save_config(swav_cfg)
+    train(swav_cfg, swav)
+    accepted = build_config(
+        method="selflabel", dataset="digits", overrides=[*TINY, f"params.pretrained={swav.path}"]
+    )
+    assert method_class("selflabel")(accepted, (1, 8, 8), 10).model.cfg.method == "swav"
     other_data = build_config(
         method="selflabel", dataset="fashion-mnist", overrides=[*TINY, f"params.pretrained={simclr.path}"]
     )

@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
@@ -50,6 +50,10 @@ class Method(nn.Module, ABC):
         self.cfg = cfg
         self.image_shape = image_shape
         self.num_clusters = num_clusters
+        # The Config dataclass as a plain object: cheap attribute reads in forward, no OmegaConf nodes.
+        self.params: Any = (
+            OmegaConf.to_object(cfg.params) if isinstance(cfg.params, DictConfig) else cfg.params
+        )
 
     @abstractmethod
     def forward(self, images: Tensor) -> dict[str, Tensor]:

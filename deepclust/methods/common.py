@@ -16,10 +16,10 @@ pipeline, which has no ``Normalize``) turns normalisation off altogether.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 
 from deepclust.data.augment import ViewAugmenter
@@ -77,10 +77,6 @@ class BackboneMethod(Method):
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
-        # The Config dataclass as a plain object: cheap attribute reads in forward, no OmegaConf nodes.
-        self.params: Any = (
-            OmegaConf.to_object(cfg.params) if isinstance(cfg.params, DictConfig) else cfg.params
-        )
         self.augmenter = build_augmenter(cfg, image_shape)
         views = self.augmenter.config.num_views
         if views < self.min_views:

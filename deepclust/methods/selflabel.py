@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 
 from deepclust.engine.checkpoint import load_checkpoint
@@ -72,6 +72,16 @@ def load_pretrained_method(
     return method
 
 
+def has_cluster_head(method: Method, image_shape: tuple[int, int, int]) -> bool:
+    """Whether the method's read-out has soft assignments (``probs``), asked on one blank image in eval mode."""
+    was_training = method.training
+    method.eval()
+    try:
+        return "probs" in method.readout(torch.zeros(1, *image_shape, dtype=torch.uint8))
+    finally:
+        method.train(was_training)
+
+
 class SelfLabel(Method):
     """Fine-tunes a pretrained clustering model on its confident, class-balanced pseudo-labels."""
 
@@ -84,9 +94,6 @@ class SelfLabel(Method):
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
-        self.params: Any = (
-            OmegaConf.to_object(cfg.params) if isinstance(cfg.params, DictConfig) else cfg.params
-        )
         if not 0.0 < self.params.threshold < 1.0:
             raise ConfigError(f"params.threshold must be between 0 and 1, got {self.params.threshold}")
         if self.params.pretrained is None:
@@ -95,10 +102,7 @@ class SelfLabel(Method):
                 "(a cc, scan or swav run with K prototypes)"
             )
         model = load_pretrained_method(self.params.pretrained, cfg.data, image_shape, num_clusters)
-        if (
-            not isinstance(model, BackboneMethod)
-            or model.cluster_probs(torch.zeros(1, model.feature_dim)) is None
-        ):
+        if not isinstance(model, BackboneMethod) or not has_cluster_head(model, image_shape):
             raise UserError(
                 f"params.pretrained: the {model.cfg.method} run in {self.params.pretrained} has no cluster head "
                 "to self-label (use cc, scan, or swav with K prototypes)"
