@@ -50,7 +50,8 @@ class KMeansConfig:
     n_init: int = 10
     max_iter: int = 300
     backend: str = "auto"  # auto (faiss when installed) | faiss | sklearn
-    features: str = "pixels"  # baseline input: pixels, or a training run directory whose features to cluster
+    normalize: bool = False  # L2-normalise every feature vector first (cosine k-means); the papers do not
+    features: str = "pixels"  # baseline input: pixels, or a trained run directory (same data) to cluster
 
 
 @dataclass
@@ -65,6 +66,9 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine | constant
     warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio under the cosine schedule
+    # steps: the schedule runs over train.epochs; time: over the time budget (the share of it used so far),
+    # so that a budgeted run ends annealed wherever the budget stops it; auto: time when there is a budget
+    schedule_over: str = "steps"
     batch_size: int = 256  # per process
     grad_clip: float | None = None
 
@@ -241,11 +245,16 @@ def _validate(cfg: DictConfig) -> None:
     budget = cfg.train.time_budget_minutes
     if budget is not None and budget <= 0:
         raise ConfigError(f"train.time_budget_minutes must be positive, got {budget}")
+    if cfg.optim.schedule_over == "time" and budget is None:
+        raise ConfigError(
+            "optim.schedule_over=time schedules over the time budget: set --time-budget MINUTES"
+        )
     if cfg.kmeans.n_init < 1:
         raise ConfigError(f"kmeans.n_init must be at least 1, got {cfg.kmeans.n_init}")
     choices = {
         "optim.name": ("adam", "adamw", "sgd", "lars"),
         "optim.schedule": ("cosine", "constant"),
+        "optim.schedule_over": ("steps", "time", "auto"),
         "optim.lr_scaling": ("none", "linear", "sqrt"),
         "train.precision": ("auto", "32", "bf16-mixed", "16-mixed"),
         "train.strategy": ("auto", "ddp"),

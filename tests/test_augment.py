@@ -40,9 +40,11 @@ def test_views_shape_dtype_device(pipeline: str, channels: int, size: int, devic
     aug = _augmenter(channels, size, pipeline=pipeline).to(device)
     images = _images(6, channels, size).to(device)
     views = aug(images)
-    assert len(views) == 2
-    for view in views:
-        assert view.shape == (6, channels, size, size)
+    large, small = aug.config.num_views, aug.config.small_crops
+    assert large == 2 and len(views) == large + small
+    for index, view in enumerate(views):
+        side = size if index < large else aug.small_crop_size
+        assert view.shape == (6, channels, side, side)
         assert view.dtype == torch.float32 and view.device.type == device
         assert torch.isfinite(view).all()
     assert images.dtype == torch.uint8  # the input batch is not modified or converted in place
@@ -54,6 +56,25 @@ def test_image_size_and_three_views() -> None:
     assert [tuple(v.shape) for v in views] == [(4, 3, 24, 24)] * 3
     assert aug.eval_view(_images(4)).shape == (4, 3, 24, 24)
     assert aug.config.blur_prob == [0.0, 0.0, 0.0]  # a uniform preset list stretches to 3 views
+
+
+def test_swav_multi_crop_small_views() -> None:
+    aug = _augmenter(3, 224, pipeline="swav")
+    # SwAV's 2×224 + 6×96 (Caron et al. 2020), small crops of 5-14% of the image
+    assert aug.config.small_crops == 6 and aug.small_crop_size == 96
+    views = aug(_images(2, 3, 224))
+    assert [v.shape[-1] for v in views] == [224, 224] + [96] * 6
+    small_crop = aug.pipelines[2][0]
+    assert small_crop.size == 96 and small_crop.scale == (0.05, 0.14)
+    assert _augmenter(3, 32, pipeline="swav").small_crop_size == 14  # 96/224 of 32 px, rounded
+    # one exact box: a small crop of the whole-image scale [1, 1] is the image, resized and flipped or not
+    aug = _augmenter(
+        1, 8, pipeline="none", normalize=False, small_crops=1, small_crop_size=4, small_crop_scale=[1.0, 1.0]
+    )
+    images = _images(3, 1, 8)
+    small = aug(images)[2]
+    assert small.shape == (3, 1, 4, 4)
+    torch.testing.assert_close(small, TF.resize(images.float() / 255, [4, 4], antialias=True))
 
 
 def test_each_sample_gets_its_own_parameters() -> None:
@@ -275,6 +296,9 @@ def test_fields_override_the_pipeline_preset() -> None:
         ({"jitter": [0.4, 0.4, 0.4, 0.7]}, "hue"),
         ({"jitter_strength": -1.0}, "jitter_strength"),
         ({"image_size": 0}, "image_size"),
+        ({"small_crops": -1}, "small_crops"),
+        ({"small_crop_size": 0}, "small_crop_size"),
+        ({"small_crop_scale": [0.2, 0.1]}, "small_crop_scale"),
     ],
 )
 def test_bad_config_is_a_config_error(fields: dict[str, Any], match: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from deepclust.cli import main
 from deepclust.engine.run_dir import RunDir
@@ -165,3 +166,43 @@ def test_assignments_csv_has_ids_labels_and_every_readout(tmp_path: Path) -> Non
     clusters, labels, primary = run.read_assignments()
     assert primary == "head"
     assert clusters["kmeans"].tolist() == [0, 0, 1] and labels is not None and labels.tolist() == [1, 0, 0]
+
+
+def test_kmeans_on_the_features_of_a_trained_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from deepclust.data import load_dataset
+    from deepclust.evaluation import kmeans
+    from deepclust.evaluation.readout import extract
+    from deepclust.methods.pretrained import load_pretrained_method
+
+    cc = tmp_path / "cc"
+    tiny = [
+        "model.width=8",
+        "optim.batch_size=64",
+        "train.progress=false",
+        "train.precision=32",
+        "kmeans.n_init=1",
+    ]
+    assert (
+        main(["train", "--method", "cc", "--dataset", "digits", "--out", str(cc), "train.max_steps=2", *tiny])
+        == 0
+    )
+    out = tmp_path / "kmeans"
+    settings = [f"kmeans.features={cc}", "kmeans.normalize=true", "kmeans.n_init=2"]
+    assert main(["train", "--method", "kmeans", "--dataset", "digits", "--out", str(out), *settings]) == 0
+    assert "L2-normalised" in capsys.readouterr().out
+    clusters, _, primary = RunDir(out).read_assignments()
+    # the same clustering as k-means on the run's evaluation features, L2-normalised
+    dataset = load_dataset("digits")
+    method = load_pretrained_method(str(cc), RunDir(cc).load_config().data, dataset.image_shape, None)
+    features = extract(method, dataset, torch.device("cpu"))["features"]
+    expected = kmeans(features, 10, n_init=2, normalize=True).labels
+    assert primary == "kmeans" and np.array_equal(clusters["kmeans"], expected)
+
+    capsys.readouterr()
+    for i, (source, message) in enumerate(
+        ((tmp_path / "no-run", "run directory not found"), (out, "no trained"))
+    ):
+        args = ["train", "--method", "kmeans", "--dataset", "digits", f"kmeans.features={source}"]
+        assert main([*args, "--out", str(tmp_path / f"bad{i}")]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("deepclust: error: kmeans.features: ") and message in last

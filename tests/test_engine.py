@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import signal
@@ -23,6 +24,7 @@ from deepclust.engine.data import TrainBatches
 from deepclust.engine.optim import LARS, lr_at
 from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import Trainer, TrainingDiverged, train
+from deepclust.errors import ConfigError
 
 TINY = [
     "model.width=8",
@@ -52,6 +54,10 @@ def test_lr_schedule_and_lars_by_hand() -> None:
     assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
     assert lr_at(100, 100, 10, 1.0, min_lr_ratio=0.1) == pytest.approx(0.1)
     assert lr_at(50, 100, 0, 2.0, schedule="constant") == 2.0
+    # over a time budget: the cosine follows the share of the budget used, not the step; warm-up stays in steps
+    assert lr_at(5, 100, 0, 1.0, progress=0.5) == pytest.approx(0.5)
+    assert lr_at(5, 100, 10, 1.0, progress=0.9) == pytest.approx(0.6)
+    assert lr_at(99, 100, 0, 1.0, progress=1.2, min_lr_ratio=0.1) == pytest.approx(0.1)
     # LARS: w = [3, 4] (‖w‖ = 5), g = [0, 1] (‖g‖ = 1), η = 0.001, lr 1, no momentum history:
     # step = lr · η · ‖w‖/‖g‖ · g = 0.005 · g
     weight = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
@@ -191,6 +197,23 @@ def test_time_budget_stops_early_then_evaluates(tmp_path: Path) -> None:
     stop = next(e for e in run.read_log() if e["event"] == "stop")
     assert stop["reason"] == "time budget" and stop["step"] < 1000 * (1797 // 64)
     assert metrics["step"] == stop["step"] and (run.path / "assignments.csv").is_file()
+
+
+@pytest.mark.parametrize("over", ["time", "auto"])
+def test_schedule_over_the_time_budget_anneals_by_the_budget(tmp_path: Path, over: str) -> None:
+    settings = ["optim.schedule=cosine", "optim.warmup_epochs=0", "optim.lr=0.01", "train.log_every_steps=1"]
+    run = RunDir(tmp_path).create()
+    budgeted = ["train.epochs=1000", "train.time_budget_minutes=0.05", f"optim.schedule_over={over}"]
+    train(tiny_config("simclr", *settings, *budgeted), run)
+    lrs = [e["lr"] for e in run.read_log() if e["event"] == "train"]
+    # 1000 epochs would take far longer than 3 s, yet the rate falls from the start to near 0 at the budget
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] < 0.002
+    assert all(later <= earlier for earlier, later in itertools.pairwise(lrs))
+    with pytest.raises(ConfigError, match="--time-budget"):
+        tiny_config("simclr", "optim.schedule_over=time")
+    assert tiny_config("simclr", "optim.schedule_over=auto").optim.schedule_over == "auto"  # steps, no budget
+    with pytest.raises(ConfigError, match="schedule_over"):
+        tiny_config("simclr", "optim.schedule_over=epochs")
 
 
 def test_collapse_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -43,6 +43,22 @@ def test_image_shaped_input_is_flattened() -> None:
     assert evaluate_clustering(y, result.labels)["acc"] == 1.0
 
 
+@pytest.mark.parametrize("backend", ["faiss", "sklearn"])
+def test_normalize_clusters_directions_not_lengths(backend: str) -> None:
+    # Two directions, each at lengths 1 and 10: by length k-means splits near from far, by direction it
+    # recovers the two rays; the caller's array is left as it was.
+    rng = np.random.default_rng(0)
+    rays = np.repeat(np.array([[1.0, 0.0], [0.0, 1.0]]), 40, axis=0)
+    lengths = np.tile(np.repeat([1.0, 10.0], 20), 2)[:, None]
+    x = (rays * lengths + rng.normal(0, 0.05, size=(80, 2))).astype(np.float32)
+    y, copy = np.repeat([0, 1], 40), x.copy()
+    assert evaluate_clustering(y, kmeans(x, 2, n_init=3, backend=backend).labels)["acc"] < 0.8
+    result = kmeans(x, 2, n_init=3, backend=backend, normalize=True)
+    assert evaluate_clustering(y, result.labels)["acc"] == 1.0
+    np.testing.assert_allclose(np.linalg.norm(result.centroids, axis=1), 1.0, atol=0.01)
+    np.testing.assert_array_equal(x, copy)
+
+
 @pytest.mark.parametrize(
     ("k", "data", "message"),
     [(1, None, "at least 2"), (500, None, "more than the 200 samples"), (3, "nan", "NaN"), (3, "1d", "N×D")],

@@ -275,6 +275,23 @@ def test_swav_loss_matches_naive_reference_over_three_views() -> None:
     assert all(s.grad is not None for s in scores) and all(q.grad is None for q in codes)
 
 
+def test_swav_loss_multi_crop_predicts_the_assignment_views_codes_from_all_others() -> None:
+    # three views, codes for the first two (SwAV's crops_for_assign), τ = 1:
+    # ℓ(s2, q1) = ℓ(s1, q2) = log(1 + e) and ℓ(s3, q1) = ℓ(s3, q2) = log 2 (s3 scores both prototypes 0);
+    # loss = (1/2) Σ_t (1/2) Σ_{s≠t} ℓ(s, q_t) = (log(1 + e) + log 2) / 2
+    scores = [torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, 0.0]])]
+    codes = [torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])]
+    expected = (math.log(1 + math.e) + math.log(2)) / 2
+    assert swav_loss(scores, codes, 1.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("views,assigned", [(1, 1), (2, 0), (2, 3)])
+def test_swav_loss_rejects_bad_view_counts(views: int, assigned: int) -> None:
+    scores = [torch.zeros(2, 3) for _ in range(views)]
+    with pytest.raises(ValueError, match="swav_loss needs"):
+        swav_loss(scores, [torch.full((2, 3), 1 / 3) for _ in range(assigned)])
+
+
 # ---------------------------------------------------------------- CC: cluster contrast and entropy
 
 

@@ -207,6 +207,24 @@ def test_swav_queue_fills_round_trips_and_is_used() -> None:
     assert not torch.allclose(with_queue, without_queue)
 
 
+def test_swav_multi_crop_trains_on_small_views_and_other_methods_refuse_them() -> None:
+    method = make_method("swav", "augment.small_crops=2", "augment.small_crop_size=4").train()
+    seen: list[tuple[int, ...]] = []
+    method.backbone.register_forward_hook(lambda _m, inputs, _out: seen.append(tuple(inputs[0].shape)))
+    losses = method(images())
+    # one backbone pass per resolution: the 2 large views, then the 2 small ones
+    assert seen == [(2 * BATCH, 1, 8, 8), (2 * BATCH, 1, 4, 4)]
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"]) and next(method.backbone.parameters()).grad is not None
+    # more large views than assignment views: every view predicts the codes of views 0 and 1
+    three = make_method(
+        "swav", "augment.num_views=3", "augment.blur_prob=[0,0,0]", "augment.solarize_prob=[0,0,0]"
+    )
+    assert torch.isfinite(three(images())["loss"])
+    with pytest.raises(ConfigError, match="small_crops=0"):
+        make_method("cc", "augment.small_crops=2")
+
+
 def test_swav_other_prototype_count_reads_out_kmeans() -> None:
     method = make_method("swav", "params.num_prototypes=7").eval()
     assert method.prototypes.weight.shape[0] == 7

@@ -18,7 +18,7 @@ from deepclust.engine.trainer import train
 from deepclust.errors import ConfigError, UserError
 from deepclust.evaluation import neighbours as neighbours_module
 from deepclust.evaluation.neighbours import nearest_neighbours, neighbour_accuracy
-from deepclust.losses import confident_self_label_loss, neighbour_consistency
+from deepclust.losses import confident_self_label_loss, neighbour_consistency, top_per_cluster_self_label_loss
 from deepclust.methods import method_class
 
 TINY = [
@@ -174,6 +174,31 @@ def test_confident_self_label_loss_by_hand() -> None:
         confident_self_label_loss(p_weak, p_strong, 1.0)
 
 
+def test_top_per_cluster_self_label_loss_by_hand() -> None:
+    # N = 6, K = 2, fraction 0.5: at most ⌈0.5 · 6 / 2⌉ = 2 samples per cluster. Cluster 0 holds four samples
+    # (0.9, 0.8, 0.7, 0.6) and keeps 0.9 and 0.8; cluster 1 holds two (0.8, 0.55) and keeps both.
+    p_weak = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.2, 0.8], [0.45, 0.55], [0.6, 0.4]])
+    p_strong = torch.tensor([[0.5, 0.5], [0.25, 0.75], [0.9, 0.1], [0.4, 0.6], [0.8, 0.2], [0.1, 0.9]])
+    loss, share = top_per_cluster_self_label_loss(p_weak, p_strong, fraction=0.5)
+    expected = -(math.log(0.5) + math.log(0.25) + math.log(0.6) + math.log(0.2)) / 4
+    assert loss.item() == pytest.approx(expected, rel=1e-6) and share.item() == pytest.approx(4 / 6)
+    # the threshold still applies: 0.75 drops cluster 1's 0.55
+    loss, share = top_per_cluster_self_label_loss(p_weak, p_strong, fraction=0.5, threshold=0.75)
+    expected = -(math.log(0.5) + math.log(0.25) + math.log(0.6)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6) and share.item() == pytest.approx(3 / 6)
+    # a cluster that takes every sample still contributes only its quota
+    _, share = top_per_cluster_self_label_loss(torch.tensor([[0.9, 0.1]] * 8), torch.full((8, 2), 0.5), 0.25)
+    assert share.item() == pytest.approx(1 / 8)
+    # nothing selected: zero loss, still differentiable
+    p_strong.requires_grad_(True)
+    none, share = top_per_cluster_self_label_loss(p_weak, p_strong, 0.5, threshold=0.95)
+    assert none.item() == 0.0 and share.item() == 0.0
+    none.backward()
+    for bad in ({"fraction": 0.0}, {"fraction": 1.5}, {"threshold": 1.0}):
+        with pytest.raises(ValueError):
+            top_per_cluster_self_label_loss(p_weak, p_strong, **bad)
+
+
 def test_selflabel_fine_tunes_a_cc_run(tmp_path: Path) -> None:
     pretext = RunDir(tmp_path / "cc").create()
     cc_cfg = build_config(method="cc", dataset="digits", overrides=[*TINY, "train.max_steps=3"])
@@ -193,6 +218,44 @@ def test_selflabel_fine_tunes_a_cc_run(tmp_path: Path) -> None:
     assert len(steps) == 3 and all(e["confident_share"] == 1.0 for e in steps)  # every sample is above 0.1
     after = load_checkpoint(run.checkpoint_dir / "last.pt")["method"]
     assert not torch.equal(after["model.cluster_head.net.0.weight"], before["cluster_head.net.0.weight"])
+
+    # TCL-style boosting: a balanced per-cluster selection, with CC's own losses kept alongside
+    boost = [f"params.pretrained={pretext.path}", "params.selection=top_per_cluster", "params.threshold=0"]
+    cfg = build_config(
+        method="selflabel",
+        dataset="digits",
+        overrides=[
+            *TINY,
+            "train.max_steps=2",
+            *boost,
+            "params.per_cluster_fraction=0.5",
+            "params.keep_objective=2",
+        ],
+    )
+    run = RunDir(tmp_path / "boost").create()
+    train(cfg, run)
+    for step in (e for e in run.read_log() if e["event"] == "train"):
+        # 64 samples, K = 10, fraction 0.5: at most ⌈0.5 · 64 / 10⌉ = 4 per cluster, 40 in all
+        assert 0.0 < step["confident_share"] <= 40 / 64
+        assert {"cc_instance", "cc_cluster", "cc_entropy"} <= step.keys()
+        assert step["loss"] == pytest.approx(step["self_label"] + 2 * step["cc_loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("params.selection=sometimes", "params.selection"),
+        ("params.threshold=0", "params.threshold"),
+        ("params.per_cluster_fraction=0", "params.per_cluster_fraction"),
+        ("params.keep_objective=-1", "params.keep_objective"),
+    ],
+)
+def test_selflabel_rejects_bad_params(override: str, message: str) -> None:
+    cfg = build_config(
+        method="selflabel", dataset="digits", overrides=[*TINY, "params.pretrained=x", override]
+    )
+    with pytest.raises(ConfigError, match=message):
+        method_class("selflabel")(cfg, (1, 8, 8), 10)
 
 
 def test_selflabel_needs_a_run_with_a_cluster_head(tmp_path: Path) -> None:

@@ -17,7 +17,10 @@ Configuration. ``augment.pipeline`` names a preset (:func:`preset`, one per pape
 overrides just that field (``augment.pipeline=byol augment.blur_prob=[0,0]`` is BYOL without blur).
 :func:`validate_augment_config` does the merge and the validation; :attr:`ViewAugmenter.config` keeps the result.
 
-Views. ``num_views`` augmented views are returned. Methods that also need the un-augmented image (SIC's raw
+Views. ``num_views`` augmented views are returned, then ``small_crops`` smaller ones: SwAV's multi-crop
+(Caron et al. 2020, Sec. 3.2), low-resolution crops of a small part of the image (``small_crop_scale``,
+``small_crop_size`` px) with the same colour operations; only methods that declare they use them accept them.
+Methods that also need the un-augmented image (SIC's raw
 view, methods.md §4.3) ask for it with :meth:`ViewAugmenter.eval_view`, the deterministic resize and
 normalisation used for evaluation.
 
@@ -64,6 +67,8 @@ BLUR_SIGMA: tuple[float, float] = (0.1, 2.0)
 BLUR_KERNEL_FRACTION = 0.1
 # BYOL solarizes pixels at or above 0.5 of the [0, 1] range.
 SOLARIZE_THRESHOLD = 0.5
+# SwAV's multi-crop: 96 px small crops next to 224 px large ones (src/multicropdataset.py, README commands).
+SMALL_CROP_FRACTION = 96 / 224
 # torchvision's RandomResizedCrop: 10 tries at a box inside the image before falling back to the whole image.
 CROP_ATTEMPTS = 10
 
@@ -90,6 +95,11 @@ class AugmentConfig:
         blur_prob: per view, the probability of a Gaussian blur.
         solarize_prob: per view, the probability of solarization.
         num_views: number of augmented views returned per image.
+        small_crops: number of extra small views after them (SwAV's multi-crop: 6; 0 = none).
+        small_crop_size: side of the small views; ``None`` = ``96/224`` of the large side (SwAV's 96 px at
+            224 px), rounded.
+        small_crop_scale: ``[min, max]`` area fraction of the small crops (SwAV: ``[0.05, 0.14]``). They take
+            the blur and solarize probabilities of the last large view.
         normalize: subtract the per-channel mean and divide by the std the method passes in.
     """
 
@@ -105,6 +115,9 @@ class AugmentConfig:
     blur_prob: list[float] | None = None
     solarize_prob: list[float] | None = None
     num_views: int | None = None
+    small_crops: int | None = None
+    small_crop_size: int | None = None
+    small_crop_scale: list[float] | None = None
     normalize: bool | None = None
 
 
@@ -117,6 +130,8 @@ _COMMON: dict[str, Any] = {
     "blur_prob": [0.0, 0.0],
     "solarize_prob": [0.0, 0.0],
     "num_views": 2,
+    "small_crops": 0,
+    "small_crop_scale": [0.05, 0.14],
     "normalize": True,
 }
 _NO_COLOUR: dict[str, Any] = {"jitter_strength": 0.0, "jitter_prob": 0.0, "grayscale_prob": 0.0}
@@ -126,9 +141,15 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "simclr": {**_COMMON, "jitter_strength": 0.5},
     # BYOL (Grill et al., NeurIPS 2020), Table 6: asymmetric blur (1.0 / 0.1) and solarization (0.0 / 0.2).
     "byol": {**_COMMON, "jitter": [0.4, 0.4, 0.2, 0.1], "blur_prob": [1.0, 0.1], "solarize_prob": [0.0, 0.2]},
-    # SwAV (Caron et al., NeurIPS 2020), code src/multicropdataset.py: the two large crops (scale 0.14-1),
-    # SimCLR's colour distortion at s = 1 and blur with p = 0.5. Multi-crop's small crops are not made here.
-    "swav": {**_COMMON, "crop_scale": [0.14, 1.0], "jitter_strength": 1.0, "blur_prob": [0.5, 0.5]},
+    # SwAV (Caron et al., NeurIPS 2020), code src/multicropdataset.py and the README's multi-crop command
+    # (2×224 + 6×96, scales 0.14-1 and 0.05-0.14): SimCLR's colour distortion at s = 1, blur with p = 0.5.
+    "swav": {
+        **_COMMON,
+        "crop_scale": [0.14, 1.0],
+        "jitter_strength": 1.0,
+        "blur_prob": [0.5, 0.5],
+        "small_crops": 6,
+    },
     # CC (Li et al., AAAI 2021), modules/transform.py: s = 0.5 (CIFAR, Tiny-ImageNet; 1.0 for STL-10 and the
     # ImageNet subsets, and the ImageNet subsets also blur with p = 0.5) and no Normalize (methods.md §1.4).
     "cc": {**_COMMON, "jitter_strength": 0.5, "normalize": False},
@@ -157,6 +178,7 @@ def preset(name: str) -> AugmentConfig:
         raise ConfigError(f"augment.pipeline must be one of {', '.join(PIPELINES)}; got {name!r}")
     values = {key: list(value) if isinstance(value, list) else value for key, value in _PRESETS[name].items()}
     values.setdefault("jitter_strength", None)
+    values.setdefault("small_crop_size", None)
     if "jitter" not in values:
         values["jitter"] = jitter_from_strength(values["jitter_strength"])
     return AugmentConfig(pipeline=name, **values)
@@ -223,8 +245,16 @@ def _check_values(cfg: AugmentConfig) -> None:
             "augment.jitter must be [brightness, contrast, saturation, hue], all >= 0 and hue <= 0.5; "
             f"got {cfg.jitter}"
         )
-    if cfg.image_size is not None and cfg.image_size < 1:
-        raise ConfigError(f"augment.image_size must be a positive number of pixels, got {cfg.image_size}")
+    for name in ("image_size", "small_crop_size"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise ConfigError(f"augment.{name} must be a positive number of pixels, got {getattr(cfg, name)}")
+    if cfg.small_crops < 0:
+        raise ConfigError(f"augment.small_crops must be 0 (none) or more, got {cfg.small_crops}")
+    lo, hi = _pair(cfg.small_crop_scale, "small_crop_scale")
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ConfigError(
+            f"augment.small_crop_scale must be [min, max] with 0 < min <= max <= 1, got {cfg.small_crop_scale}"
+        )
 
 
 def _pair(values: list[float], name: str) -> tuple[float, float]:
@@ -494,7 +524,7 @@ class ViewAugmenter(nn.Module):
             raise ValueError(f"mean and std need one value per channel ({channels}), got {mean} and {std}")
         self.channels = channels
         self.image_size = int(c.image_size or image_size)
-        crop = RandomResizedCropFlip(self.image_size, c.crop_scale, c.crop_ratio, c.flip_prob)
+        self.small_crop_size = int(c.small_crop_size or max(1, round(SMALL_CROP_FRACTION * self.image_size)))
         brightness, contrast, saturation, hue = c.jitter
         if channels != 3:
             saturation = hue = 0.0
@@ -503,17 +533,24 @@ class ViewAugmenter(nn.Module):
         if channels == 3 and c.grayscale_prob > 0:
             colour.append(RandomGrayscale(c.grayscale_prob))
         self.normalize: nn.Module = Normalize(mean, std) if c.normalize else nn.Identity()
-        kernel = blur_kernel_size(self.image_size)
-        pipelines = []
-        for view in range(c.num_views):
-            ops: list[nn.Module] = [crop, *colour]
-            if c.blur_prob[view] > 0:
-                ops.append(RandomGaussianBlur(kernel, c.blur_prob[view]))
-            if c.solarize_prob[view] > 0:
-                ops.append(RandomSolarize(c.solarize_prob[view]))
-            ops.append(self.normalize)
-            pipelines.append(nn.Sequential(*ops))
-        self.pipelines = nn.ModuleList(pipelines)
+
+        def pipeline(size: int, scale: list[float], blur_prob: float, solarize_prob: float) -> nn.Sequential:
+            ops: list[nn.Module] = [RandomResizedCropFlip(size, scale, c.crop_ratio, c.flip_prob), *colour]
+            if blur_prob > 0:
+                ops.append(RandomGaussianBlur(blur_kernel_size(size), blur_prob))
+            if solarize_prob > 0:
+                ops.append(RandomSolarize(solarize_prob))
+            return nn.Sequential(*ops, self.normalize)
+
+        large = [
+            pipeline(self.image_size, c.crop_scale, c.blur_prob[view], c.solarize_prob[view])
+            for view in range(c.num_views)
+        ]
+        small = [
+            pipeline(self.small_crop_size, c.small_crop_scale, c.blur_prob[-1], c.solarize_prob[-1])
+            for _ in range(c.small_crops)
+        ]
+        self.pipelines = nn.ModuleList(large + small)
 
     def _to_float(self, images: Tensor) -> Tensor:
         """A new float32 copy in [0, 1] (uint8 is divided by 255; floating input is taken as in [0, 1])."""
@@ -524,7 +561,8 @@ class ViewAugmenter(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> list[Tensor]:
-        """uint8 N×C×H×W on the training device -> ``num_views`` float32 N×C×S×S views (S = image size)."""
+        """uint8 N×C×H×W on the training device -> ``num_views`` float32 N×C×S×S views (S = image size),
+        then ``small_crops`` N×C×s×s views (s = small crop size)."""
         x = self._to_float(images)
         # Augmentation stays in float32 whatever precision the training step runs in.
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -545,4 +583,9 @@ class ViewAugmenter(nn.Module):
             return self.normalize(_resize(x, self.image_size))
 
     def extra_repr(self) -> str:
-        return f"pipeline={self.config.pipeline!r}, channels={self.channels}, image_size={self.image_size}"
+        small = (
+            f", small_crops={self.config.small_crops}×{self.small_crop_size}px"
+            if self.config.small_crops
+            else ""
+        )
+        return f"pipeline={self.config.pipeline!r}, channels={self.channels}, image_size={self.image_size}{small}"

@@ -97,14 +97,20 @@ def lr_at(
     base_lr: float,
     schedule: str = "cosine",
     min_lr_ratio: float = 0.0,
+    progress: float | None = None,
 ) -> float:
-    """Linear warm-up from ~0 to ``base_lr`` over ``warmup_steps``, then constant or cosine to ``min_lr_ratio``·lr."""
+    """Linear warm-up from ~0 to ``base_lr`` over ``warmup_steps``, then constant or cosine to ``min_lr_ratio``·lr.
+
+    The cosine's progress is ``(step − warmup) / (total − warmup)``, or ``progress`` (in [0, 1]) when given:
+    the share of a time budget used, for schedules over time.
+    """
     if warmup_steps > 0 and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     if schedule == "constant":
         return base_lr
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
+    if progress is None:
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, progress))
     floor = base_lr * min_lr_ratio
     return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

@@ -275,6 +275,11 @@ class Trainer:
     def _step(self, images: torch.Tensor, companions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One optimisation step, in the order of ``deepclust/methods/base.py``."""
         state, cfg = self.state, self.cfg
+        progress = None
+        budget = cfg.train.time_budget_minutes
+        if cfg.optim.schedule_over == "time" or (cfg.optim.schedule_over == "auto" and budget):
+            # training time only (evaluations excluded), saved in checkpoints, so a resumed run continues it
+            progress = state.elapsed_s / (budget * 60)
         set_lr(
             self.optimizer,
             lr_at(
@@ -284,6 +289,7 @@ class Trainer:
                 self.base_lr,
                 cfg.optim.schedule,
                 cfg.optim.min_lr_ratio,
+                progress,
             ),
         )
         batch = [self._to_device(x) for x in (images, companions) if x is not None]

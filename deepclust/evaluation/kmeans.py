@@ -69,15 +69,20 @@ def kmeans(
     max_iter: int = 300,
     seed: int = 0,
     backend: str = "auto",
+    normalize: bool = False,
     verbose: bool = False,
 ) -> KMeansResult:
     """Cluster N×D features (N×C×H×W inputs are flattened) into ``num_clusters`` groups.
 
     ``n_init`` restarts are run and the one with the lowest inertia is kept. Deterministic for a fixed seed.
+    ``normalize`` scales every row to unit L2 norm first, so that k-means works in the cosine geometry that
+    contrastive losses train (the centroids and distances are then those of the normalised rows).
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown k-means backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     x = _as_features(features)
+    if normalize:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
     if num_clusters < 2:
         raise UserError(f"the number of clusters K must be at least 2, got {num_clusters}")
     if num_clusters > len(x):

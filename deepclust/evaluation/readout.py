@@ -59,7 +59,8 @@ def compute_readouts(
     kmeans_cfg: DictConfig,
     seed: int,
 ) -> ReadoutResult:
-    """Read-out ``kmeans`` (on the raw features, as the papers do) and ``head`` (argmax of ``probs``)."""
+    """Read-out ``kmeans`` (on the raw features, as the papers do, or L2-normalised with ``kmeans.normalize``)
+    and ``head`` (argmax of ``probs``)."""
     features = outputs["features"]
     result = kmeans(
         features,
@@ -68,6 +69,7 @@ def compute_readouts(
         max_iter=kmeans_cfg.max_iter,
         seed=seed,
         backend=kmeans_cfg.backend,
+        normalize=kmeans_cfg.normalize,
     )
     clusters = {"kmeans": result.labels}
     confidence = None

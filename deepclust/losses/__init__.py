@@ -4,7 +4,7 @@ from deepclust.losses.byol import byol_loss
 from deepclust.losses.cluster_contrast import cc_entropy_term, cluster_contrastive_loss, cluster_entropy
 from deepclust.losses.nt_xent import NTXentLoss, nt_xent
 from deepclust.losses.scan import neighbour_consistency
-from deepclust.losses.self_label import confident_self_label_loss
+from deepclust.losses.self_label import confident_self_label_loss, top_per_cluster_self_label_loss
 from deepclust.losses.sinkhorn import sinkhorn
 from deepclust.losses.swav import swav_loss
 
@@ -19,4 +19,5 @@ __all__ = [
     "nt_xent",
     "sinkhorn",
     "swav_loss",
+    "top_per_cluster_self_label_loss",
 ]

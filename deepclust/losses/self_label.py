@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -39,3 +41,44 @@ def confident_self_label_loss(
         counts = torch.bincount(target, minlength=p_weak.shape[1]).to(dtype)
         weight = torch.where(counts > 0, len(target) / counts.clamp_min(1.0), torch.zeros_like(counts))
     return F.nll_loss(log_p, target, weight=weight), share
+
+
+def top_per_cluster_self_label_loss(
+    p_weak: Tensor, p_strong: Tensor, fraction: float = 0.5, threshold: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """``(loss, share of selected samples)``: cross-entropy on a class-balanced selection of pseudo-labels.
+
+    The selection of Twin Contrastive Learning's boosting stage (Li et al., IJCV 2022, Sec. 3.3) and of SPICE
+    (Niu et al., TIP 2022), taken within the batch: every sample is assigned to ``y_i = argmax_k p_weak[i, k]``,
+    and of the samples assigned to cluster ``k`` only the ``m = ⌈fraction · N / K⌉`` most confident ones, and
+    only those above ``threshold``, are kept. The loss is ``−log p_strong[i, y_i]`` averaged over the kept
+    samples. No cluster contributes more than ``m`` samples, so a cluster that is confident early cannot
+    outweigh the others, which a single global threshold allows. With no sample kept the loss is a zero that
+    keeps the graph.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    if p_weak.shape != p_strong.shape or p_weak.dim() != 2:
+        raise ValueError(
+            f"p_weak and p_strong must both be N×K, got {tuple(p_weak.shape)} and {tuple(p_strong.shape)}"
+        )
+    n, k = p_weak.shape
+    dtype = torch.promote_types(p_strong.dtype, torch.float32)
+    confidence, target = p_weak.detach().to(dtype).max(dim=1)
+    per_cluster = math.ceil(fraction * n / k)
+    # Rank of each sample among those of its cluster, by decreasing confidence: sort by confidence, then
+    # (stably) by cluster, and count the position within each cluster's run.
+    order = torch.argsort(confidence, descending=True)
+    order = order[torch.sort(target[order], stable=True).indices]
+    counts = torch.bincount(target, minlength=k)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(target)
+    rank[order] = torch.arange(n, device=target.device) - starts[target[order]]
+    mask = (rank < per_cluster) & (confidence > threshold)
+    share = mask.to(dtype).mean()
+    log_p = p_strong.to(dtype).clamp_min(torch.finfo(dtype).tiny).log()
+    if not mask.any():
+        return (log_p * 0.0).sum(), share
+    return F.nll_loss(log_p[mask], target[mask]), share

@@ -74,6 +74,8 @@ class BackboneMethod(Method):
 
     #: the fewest augmented views per image the method's loss works with
     min_views: ClassVar[int] = 2
+    #: whether the loss uses multi-crop's small views (``augment.small_crops``); the others refuse them
+    multi_crop: ClassVar[bool] = False
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
@@ -82,6 +84,12 @@ class BackboneMethod(Method):
         if views < self.min_views:
             raise ConfigError(
                 f"augment.num_views must be at least {self.min_views} for method {cfg.method!r}, got {views}"
+            )
+        small_crops = self.augmenter.config.small_crops
+        if small_crops and not self.multi_crop:
+            raise ConfigError(
+                f"method {cfg.method!r} does not use multi-crop's small views; set augment.small_crops=0 "
+                f"(got {small_crops})"
             )
         self.backbone: Backbone = build_backbone(cfg.model, int(image_shape[0]), self.augmenter.image_size)
         self.feature_dim = int(self.backbone.feature_dim)
@@ -99,7 +107,8 @@ class BackboneMethod(Method):
         return view
 
     def views(self, images: Tensor) -> list[Tensor]:
-        """Augmented float views of a uint8 batch (``augment.num_views`` of them), ready for the backbone."""
+        """Augmented float views of a uint8 batch (``augment.num_views`` of them, then ``augment.small_crops``
+        small ones), ready for the backbone."""
         return [self.prepare(v) for v in self.augmenter(images)]
 
     def cluster_probs(self, features: Tensor) -> Tensor | None:

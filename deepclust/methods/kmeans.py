@@ -6,6 +6,7 @@ import time
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -13,6 +14,7 @@ from deepclust.data import ArrayDataset, load_dataset
 from deepclust.engine.run_dir import RunDir
 from deepclust.errors import UserError
 from deepclust.evaluation import evaluate_clustering, kmeans
+from deepclust.evaluation.readout import extract
 
 
 class KMeansBaseline:
@@ -41,13 +43,31 @@ def pixel_features(dataset: ArrayDataset) -> np.ndarray:
     return np.asarray(dataset.images, dtype=np.float32).reshape(len(dataset), -1) / 255.0
 
 
+def run_features(cfg: DictConfig, dataset: ArrayDataset, console: Console) -> np.ndarray:
+    """The backbone features of every image under the trained run ``cfg.kmeans.features`` (same data)."""
+    # local: both import the method registry, which imports this module
+    from deepclust.engine.trainer import fabric_settings
+    from deepclust.methods.pretrained import load_pretrained_method
+
+    method = load_pretrained_method(
+        str(cfg.kmeans.features),
+        cfg.data,
+        dataset.image_shape,
+        None,
+        setting="kmeans.features",
+        purpose="its features are those of other images",
+    )
+    settings = fabric_settings(cfg)  # the training loop's reading of --device, with its errors
+    devices = settings["devices"]
+    index = devices[0] if isinstance(devices, list) else 0
+    device = torch.device("cuda", index) if settings["accelerator"] == "cuda" else torch.device("cpu")
+    with console.status(f"extracting the features of {cfg.kmeans.features} on {device}"):
+        return extract(method.to(device), dataset, device)["features"]
+
+
 def run_kmeans(cfg: DictConfig, run_dir: RunDir, console: Console | None = None) -> dict[str, Any]:
     """Cluster ``cfg.data`` with k-means, write the run directory and return what ``metrics.json`` holds."""
     console = console or Console(stderr=True)
-    if cfg.kmeans.features != "pixels":
-        raise UserError(
-            f"kmeans.features={cfg.kmeans.features!r}: only 'pixels' is available until a trained method exists"
-        )
     console.print(f"loading [bold]{cfg.data.name}[/] (split {cfg.data.split})")
     dataset = load_dataset(
         cfg.data.name,
@@ -57,10 +77,14 @@ def run_kmeans(cfg: DictConfig, run_dir: RunDir, console: Console | None = None)
         folder_labels=cfg.data.folder_labels,
     )
     k = resolve_num_clusters(cfg, dataset)
-    features = pixel_features(dataset)
+    if cfg.kmeans.features == "pixels":
+        features, source = pixel_features(dataset), "pixel"
+    else:
+        features, source = run_features(cfg, dataset, console), "learned"
     console.print(
-        f"k-means: {len(dataset):,} images, {features.shape[1]} pixel features, K={k}, "
+        f"k-means: {len(dataset):,} images, {features.shape[1]} {source} features, K={k}, "
         f"{cfg.kmeans.n_init} initialisations, backend {cfg.kmeans.backend}"
+        + (", L2-normalised" if cfg.kmeans.normalize else "")
     )
     run_dir.log("start", method="kmeans", dataset=dataset.name, samples=len(dataset), num_clusters=k)
     started = time.perf_counter()
@@ -72,6 +96,7 @@ def run_kmeans(cfg: DictConfig, run_dir: RunDir, console: Console | None = None)
             max_iter=cfg.kmeans.max_iter,
             seed=cfg.seed,
             backend=cfg.kmeans.backend,
+            normalize=cfg.kmeans.normalize,
         )
     seconds = time.perf_counter() - started
     readout: dict[str, float] = {"inertia": float(result.inertia)}

@@ -6,7 +6,9 @@ The model is a finished run of any method with a cluster head (``cc``, ``scan``,
 checkpoint fills it. Every step, the evaluation view of each image (resize only) gives the pseudo-label
 wherever the head is more confident than ``params.threshold``, and the cross-entropy of an augmented view
 against those labels, weighted by the inverse frequency of each pseudo-class in the batch, trains the backbone
-and the head. See docs/methods/selflabel.md.
+and the head. ``params.selection=top_per_cluster`` takes the same number of most confident samples from every
+cluster instead (TCL's boosting, SPICE), and ``params.keep_objective`` keeps training the pretrained method's
+own loss alongside. See docs/methods/selflabel.md.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from deepclust.engine.checkpoint import load_checkpoint
-from deepclust.engine.run_dir import RunDir
 from deepclust.errors import ConfigError, UserError
-from deepclust.losses.self_label import confident_self_label_loss
+from deepclust.losses.self_label import confident_self_label_loss, top_per_cluster_self_label_loss
 from deepclust.methods.base import Method
-from deepclust.methods.common import BackboneMethod, build_augmenter, first_mismatch, readout_outputs
+from deepclust.methods.common import BackboneMethod, build_augmenter, readout_outputs
+from deepclust.methods.pretrained import load_pretrained_method
 
 
 @dataclass
@@ -32,44 +33,26 @@ class SelfLabelConfig:
 
     Attributes:
         pretrained: run directory of the model to fine-tune (a method with a cluster head, same dataset).
-        threshold: confidence above which a prediction becomes a pseudo-label (paper: 0.99).
-        balanced: weight each pseudo-class by the inverse of its frequency among the confident samples.
+        selection: which predictions become pseudo-labels: "threshold" (SCAN: every one more confident
+            than ``threshold``) or "top_per_cluster" (TCL / SPICE: the ``per_cluster_fraction · N / K`` most
+            confident of each cluster in the batch, above ``threshold``).
+        threshold: confidence above which a prediction may become a pseudo-label (SCAN: 0.99).
+        balanced: with "threshold", weight each pseudo-class by the inverse of its frequency among the
+            confident samples.
+        per_cluster_fraction: with "top_per_cluster", the share of a balanced cluster's size kept per cluster.
+        keep_objective: weight of the pretrained method's own loss, trained alongside the cross-entropy (0 in
+            SCAN; TCL's boosting stage keeps its contrastive losses, which hold the clusters apart).
     """
 
     pretrained: str | None = None
+    selection: str = "threshold"
     threshold: float = 0.99
     balanced: bool = True
+    per_cluster_fraction: float = 0.5
+    keep_objective: float = 0.0
 
 
-def load_pretrained_method(
-    source: str, data: DictConfig, image_shape: tuple[int, int, int], num_clusters: int
-) -> Method:
-    """The method of a finished run on the same data (``data``: this run's ``data`` section), rebuilt from its
-    ``config.yaml`` and filled from ``checkpoints/last.pt``."""
-    from deepclust.config import build_config  # local: the configuration module imports the method registry
-    from deepclust.methods import method_class
-
-    run = RunDir.open_existing(source)
-    checkpoint = run.checkpoint_dir / "last.pt"
-    if not checkpoint.is_file():
-        raise UserError(f"params.pretrained: {run.path} has no checkpoint to start from ({checkpoint})")
-    cfg = build_config(config_file=run.path / "config.yaml")
-    for key in ("name", "split", "num_clusters"):
-        if cfg.data[key] != data[key]:
-            raise UserError(
-                f"params.pretrained: {run.path} was trained with data.{key}={cfg.data[key]}, this run has "
-                f"data.{key}={data[key]}; self-labelling fine-tunes a clustering of the same data"
-            )
-    if not method_class(cfg.method).trainable:
-        raise UserError(f"params.pretrained: {run.path} is a {cfg.method} run, which has no trained model")
-    method: Method = method_class(cfg.method)(cfg, image_shape, num_clusters)
-    try:
-        method.load_state_dict(load_checkpoint(checkpoint)["method"])
-    except RuntimeError as err:
-        raise UserError(
-            f"params.pretrained: {checkpoint} does not fit its own configuration ({first_mismatch(err)})"
-        ) from None
-    return method
+SELECTIONS = ("threshold", "top_per_cluster")
 
 
 def has_cluster_head(method: Method, image_shape: tuple[int, int, int]) -> bool:
@@ -94,8 +77,16 @@ class SelfLabel(Method):
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
-        if not 0.0 < self.params.threshold < 1.0:
-            raise ConfigError(f"params.threshold must be between 0 and 1, got {self.params.threshold}")
+        p = self.params
+        if p.selection not in SELECTIONS:
+            raise ConfigError(f"params.selection must be one of {', '.join(SELECTIONS)}; got {p.selection!r}")
+        # A threshold of 0 keeps everything, which only the per-cluster selection can still balance.
+        if not (0.0 <= p.threshold < 1.0 and (p.threshold > 0.0 or p.selection == "top_per_cluster")):
+            raise ConfigError(f"params.threshold must be between 0 and 1, got {p.threshold}")
+        if not 0.0 < p.per_cluster_fraction <= 1.0:
+            raise ConfigError(f"params.per_cluster_fraction must be in (0, 1], got {p.per_cluster_fraction}")
+        if p.keep_objective < 0.0:
+            raise ConfigError(f"params.keep_objective must be 0 or more, got {p.keep_objective}")
         if self.params.pretrained is None:
             raise ConfigError(
                 "self-labelling fine-tunes a finished clustering run: set params.pretrained=RUN_DIR "
@@ -118,15 +109,37 @@ class SelfLabel(Method):
     def _probs(self, view: Tensor) -> Tensor:
         return self.model.cluster_probs(self.model.backbone(self.model.prepare(view)))
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """Cross-entropy of an augmented view against the confident predictions on the evaluation view."""
+    def companion_indices(self, indices: Tensor, generator: torch.Generator) -> Tensor | None:
+        """The kept objective's companions (SCAN's neighbours), when the pretrained method's loss is kept."""
+        return self.model.companion_indices(indices, generator) if self.params.keep_objective > 0.0 else None
+
+    def on_before_optimizer_step(self, step: int) -> None:
+        if self.params.keep_objective > 0.0:
+            self.model.on_before_optimizer_step(step)
+
+    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
+        if self.params.keep_objective > 0.0:
+            self.model.on_after_optimizer_step(step, total_steps)
+
+    def forward(self, images: Tensor, companions: Tensor | None = None) -> dict[str, Tensor]:
+        """Cross-entropy of an augmented view against the selected predictions on the evaluation view, plus
+        ``keep_objective`` times the pretrained method's own loss."""
+        p = self.params
         with torch.no_grad():
             p_weak = self._probs(self.augmenter.eval_view(images))
         p_strong = self._probs(self.augmenter.view(images))
-        loss, share = confident_self_label_loss(
-            p_weak, p_strong, self.params.threshold, balanced=self.params.balanced
-        )
-        return {"loss": loss, "confident_share": share}
+        if p.selection == "top_per_cluster":
+            label_loss, share = top_per_cluster_self_label_loss(
+                p_weak, p_strong, p.per_cluster_fraction, p.threshold
+            )
+        else:
+            label_loss, share = confident_self_label_loss(p_weak, p_strong, p.threshold, balanced=p.balanced)
+        losses = {"loss": label_loss, "self_label": label_loss, "confident_share": share}
+        if p.keep_objective > 0.0:
+            kept = self.model(images) if companions is None else self.model(images, companions)
+            losses["loss"] = label_loss + p.keep_objective * kept["loss"]
+            losses.update({f"{self.model.cfg.method}_{name}": value for name, value in kept.items()})
+        return losses
 
     @torch.no_grad()
     def readout(self, images: Tensor) -> dict[str, Tensor]:

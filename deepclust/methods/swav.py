@@ -3,7 +3,8 @@
 ``z = normalize(head(f(x)))`` with head Linear → BN → ReLU → Linear (out 128); scores ``zᵀc_k`` against
 unit-norm prototypes ``C``; codes ``Q = Sinkhorn(scores / ε)`` (3 iterations, equipartition over the batch
 and, optionally, a queue of earlier embeddings); loss: each assignment view's codes are predicted from the
-softmax of every other view's scores at temperature τ. Prototype gradients are dropped for the first
+softmax of every other view's scores at temperature τ, multi-crop's small views included
+(``augment.small_crops``, 6 in the ``swav`` pipeline). Prototype gradients are dropped for the first
 ``freeze_prototypes_steps`` steps and the prototypes are renormalised after every step. See
 docs/methods/swav.md.
 """
@@ -70,6 +71,7 @@ class SwAV(BackboneMethod):
     DEFAULTS: ClassVar[dict[str, Any]] = {"augment": {"pipeline": "swav"}}
     #: "head" when there are K prototypes (the default); an instance with another count reads out k-means.
     primary_readout: ClassVar[str] = "head"
+    multi_crop: ClassVar[bool] = True
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
@@ -126,14 +128,21 @@ class SwAV(BackboneMethod):
         self.queue.copy_(torch.cat([new, self.queue], dim=1)[:, :length])
         self._queue_filled = min(length, self._queue_filled + batch)
 
+    def embed(self, views: list[Tensor]) -> Tensor:
+        """Unit-norm projections of all views, in view order. As in the SwAV code, views of one size share a
+        backbone pass, and the head (with its BatchNorm) sees the features of all views at once."""
+        large = self.augmenter.config.num_views
+        groups = [views[:large], views[large:]] if len(views) > large else [views]
+        features = torch.cat([self.backbone(torch.cat(group)) for group in groups])
+        return F.normalize(self.projector(features), dim=1)
+
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """SwAV's swapped-prediction loss (Caron et al. 2020, Eq. 1 and 2) over all views."""
+        """SwAV's swapped-prediction loss (Caron et al. 2020, Eq. 1 and 2, with multi-crop) over all views."""
         views = self.views(images)
         batch = views[0].shape[0]
-        # Same-sized views share one backbone pass, as the SwAV code does per crop resolution.
-        z = F.normalize(self.projector(self.backbone(torch.cat(views))), dim=1)
+        z = self.embed(views)
         # Scores in fp32 outside autocast: Sinkhorn's exp(s/ε) overflows fp16 and bf16 cosines are too coarse
-        # for s/ε; the matmul is small (2N × d × K).
+        # for s/ε; the matmul is small (views·N × d × K).
         with torch.autocast(device_type=z.device.type, enabled=False):
             scores = self.prototypes(z.float())
         active = self._queue_active()
