@@ -150,6 +150,10 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.warmup_steps = round(cfg.optim.warmup_epochs * len(self.batches))
         self.base_lr = optimizer.param_groups[0]["base_lr"]
+        # the budget (s) the schedule runs over, or None when it runs over the steps (optim.schedule_over)
+        budget = cfg.train.time_budget_minutes
+        over_time = cfg.optim.schedule_over == "time" or (cfg.optim.schedule_over == "auto" and budget)
+        self.schedule_budget_s: float | None = budget * 60 if over_time else None
         self.state = LoopState()
         if not resume:  # on resume, what this computes is restored with the method's state
             with self.console.status("preparing the method's training data"):
@@ -275,11 +279,8 @@ class Trainer:
     def _step(self, images: torch.Tensor, companions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One optimisation step, in the order of ``deepclust/methods/base.py``."""
         state, cfg = self.state, self.cfg
-        progress = None
-        budget = cfg.train.time_budget_minutes
-        if cfg.optim.schedule_over == "time" or (cfg.optim.schedule_over == "auto" and budget):
-            # training time only (evaluations excluded), saved in checkpoints, so a resumed run continues it
-            progress = state.elapsed_s / (budget * 60)
+        # training time only (evaluations excluded), saved in checkpoints, so a resumed run continues it
+        progress = None if self.schedule_budget_s is None else state.elapsed_s / self.schedule_budget_s
         set_lr(
             self.optimizer,
             lr_at(

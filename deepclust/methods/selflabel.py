@@ -99,6 +99,7 @@ class SelfLabel(Method):
                 "to self-label (use cc, scan, or swav with K prototypes)"
             )
         self.model = model
+        self.keeps_objective = p.keep_objective > 0.0
         self.augmenter = build_augmenter(cfg, image_shape)
         if self.augmenter.image_size != model.augmenter.image_size:
             raise ConfigError(
@@ -111,14 +112,14 @@ class SelfLabel(Method):
 
     def companion_indices(self, indices: Tensor, generator: torch.Generator) -> Tensor | None:
         """The kept objective's companions (SCAN's neighbours), when the pretrained method's loss is kept."""
-        return self.model.companion_indices(indices, generator) if self.params.keep_objective > 0.0 else None
+        return self.model.companion_indices(indices, generator) if self.keeps_objective else None
 
     def on_before_optimizer_step(self, step: int) -> None:
-        if self.params.keep_objective > 0.0:
+        if self.keeps_objective:
             self.model.on_before_optimizer_step(step)
 
     def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
-        if self.params.keep_objective > 0.0:
+        if self.keeps_objective:
             self.model.on_after_optimizer_step(step, total_steps)
 
     def forward(self, images: Tensor, companions: Tensor | None = None) -> dict[str, Tensor]:
@@ -135,7 +136,7 @@ class SelfLabel(Method):
         else:
             label_loss, share = confident_self_label_loss(p_weak, p_strong, p.threshold, balanced=p.balanced)
         losses = {"loss": label_loss, "self_label": label_loss, "confident_share": share}
-        if p.keep_objective > 0.0:
+        if self.keeps_objective:
             kept = self.model(images) if companions is None else self.model(images, companions)
             losses["loss"] = label_loss + p.keep_objective * kept["loss"]
             losses.update({f"{self.model.cfg.method}_{name}": value for name, value in kept.items()})
