@@ -135,11 +135,30 @@ def test_omegaconf_section_is_accepted() -> None:
         (ModelConfig(backbone="resnet101"), "small_cnn, resnet18, resnet34, resnet50"),
         (ModelConfig(stem="tiny"), "cifar, imagenet"),
         (ModelConfig(width=0), "model.width"),
+        (ModelConfig(layers=[[32, 3]]), "stride 1 or 2"),
+        (ModelConfig(layers=[[0, 2]]), "out_channels, stride"),
+        (ModelConfig(layers=[[32]]), "out_channels, stride"),
+        (ModelConfig(layers=[]), "out_channels, stride"),
+        (ModelConfig(backbone="resnet18", layers=[[32, 2]]), "only applies to small_cnn"),
     ],
 )
 def test_bad_model_config_is_a_config_error(cfg: ModelConfig, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         build_backbone(cfg, 3, 32)
+
+
+def test_small_cnn_explicit_layers_set_widths_and_strides() -> None:
+    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), {"layers": [[8, 2], [16, 1], [24, 2]]})
+    net = build_backbone(cfg, 1, 28)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.stride[0]) for c in convs] == [(8, 2), (16, 1), (24, 2)]
+    assert net.feature_dim == 24
+    default = build_backbone(ModelConfig(width=8), 1, 28)
+    assert [(c.out_channels, c.stride[0]) for c in default.modules() if isinstance(c, nn.Conv2d)] == [
+        (8, 2),
+        (16, 2),
+        (16, 2),
+    ]
 
 
 def test_every_listed_backbone_builds_at_a_scaled_width() -> None:

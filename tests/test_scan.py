@@ -116,6 +116,49 @@ def test_scan_on_a_pretrained_cc_run_then_resume(tmp_path: Path) -> None:
     assert torch.equal(saved, after)
 
 
+def test_scan_sums_the_heads_losses_and_reads_out_the_lowest() -> None:
+    """Every head's Λ (Eq. 2) by hand, their sum as the loss, the running losses, and the read-out head."""
+    cfg = scan_config("params.neighbour_space=pixels", "params.num_heads=3", "params.head_loss_momentum=0.5")
+    method = method_class("scan")(cfg, (1, 8, 8), 10)
+    torch.manual_seed(0)
+    images = torch.randint(0, 17, (6, 1, 8, 8), dtype=torch.uint8)
+    neighbours = torch.randint(0, 17, (6, 1, 8, 8), dtype=torch.uint8)
+    torch.manual_seed(1)
+    losses = method(images, neighbours)
+    torch.manual_seed(1)  # the same augmented views again, to recompute every head's loss by hand
+    features = method.backbone(method.prepare(method.augmenter.view(torch.cat([images, neighbours]))))
+    by_hand = []
+    for head in method.cluster_heads:
+        p_anchor, p_neighbour = head(features).softmax(dim=1).chunk(2)
+        consistency = -torch.log((p_anchor * p_neighbour).sum(dim=1)).mean()
+        marginal = p_anchor.mean(dim=0)
+        by_hand.append(consistency + 5.0 * (marginal * marginal.log()).sum())
+    by_hand_t = torch.stack(by_hand).detach()
+    torch.testing.assert_close(losses["loss"].detach(), by_hand_t.sum(), rtol=1e-5, atol=1e-5)
+    # the first step sets the running losses; the next one moves them half-way (momentum 0.5)
+    torch.testing.assert_close(method.head_losses, by_hand_t, rtol=1e-5, atol=1e-5)
+    best = int(by_hand_t.argmin())
+    assert method.best_head == best
+    # the logged terms are the read-out head's
+    logged = (losses["consistency"] - 5.0 * losses["entropy"]).detach()
+    torch.testing.assert_close(logged, by_hand_t[best], rtol=1e-5, atol=1e-5)
+    # the read-out follows the head whose running loss is lowest, and that is saved with the model
+    method.head_losses.copy_(torch.tensor([0.5, -1.0, 0.2]))
+    assert method.best_head == 1
+    probs = method.cluster_probs(features[:2])
+    torch.testing.assert_close(probs, method.cluster_heads[1](features[:2]).softmax(dim=1))
+    assert torch.equal(method.state_dict()["head_losses"], torch.tensor([0.5, -1.0, 0.2]))
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [("params.num_heads=0", "num_heads"), ("params.head_loss_momentum=1.0", "head_loss_momentum")],
+)
+def test_scan_rejects_bad_head_settings(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        method_class("scan")(scan_config("params.neighbour_space=pixels", override), (1, 8, 8), 10)
+
+
 def test_scan_draws_companions_from_the_mined_neighbours() -> None:
     method = method_class("scan")(scan_config("params.neighbour_space=pixels"), (1, 8, 8), 10)
     method.neighbours = torch.arange(30).view(10, 3)

@@ -8,7 +8,9 @@ mined once, by cosine similarity of that backbone's features (or of the centred 
     Λ = −1/N Σ_i log⟨Φ(X_i), Φ(k_i)⟩  −  λ H(1/N Σ_i Φ(X_i))                       (SCAN Eq. 2)
 
 where ``Φ`` is a linear cluster head with a softmax on the backbone features, trained together with the
-backbone. The read-out is the argmax of ``Φ``. See docs/methods/scan.md.
+backbone. The read-out is the argmax of ``Φ``. With ``params.num_heads > 1`` (the authors' code trains ten),
+every head gets its own ``Λ``, their sum is minimised, and the head with the lowest running ``Λ`` is read out.
+See docs/methods/scan.md.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from deepclust.data import ArrayDataset
+from deepclust.distributed import all_reduce_sum, world_size
 from deepclust.engine.checkpoint import load_checkpoint
 from deepclust.errors import ConfigError, UserError
 from deepclust.evaluation.neighbours import nearest_neighbours, neighbour_accuracy
@@ -45,12 +48,18 @@ class SCANConfig:
         neighbour_space: ``features`` (the pretrained backbone's, as in the paper) or ``pixels`` (the centred
             raw images, a choice for small grayscale images whose pixel neighbours are already good).
         entropy_weight: λ, the weight of the entropy of the mean assignment (paper code: 5.0).
+        num_heads: cluster heads trained side by side on the same backbone; the one with the lowest running
+            loss is read out (paper: one; code: 10).
+        head_loss_momentum: momentum of each head's running loss, the exponential average over training steps
+            that picks the read-out head (the code compares the heads' losses on the validation set instead).
     """
 
     pretrained: str | None = None
     num_neighbours: int = 20
     neighbour_space: str = "features"
     entropy_weight: float = 5.0
+    num_heads: int = 1
+    head_loss_momentum: float = 0.99
 
 
 def load_pretrained_backbone(backbone: nn.Module, source: str | Path) -> Path:
@@ -106,15 +115,30 @@ class SCAN(BackboneMethod):
                 "SCAN mines neighbours with a pretrained backbone: set params.pretrained=RUN_DIR "
                 "(a finished simclr/byol/swav/cc run), or params.neighbour_space=pixels"
             )
+        if p.num_heads < 1:
+            raise ConfigError(f"params.num_heads must be at least 1, got {p.num_heads}")
+        if not 0.0 <= p.head_loss_momentum < 1.0:
+            raise ConfigError(f"params.head_loss_momentum must be in [0, 1), got {p.head_loss_momentum}")
         if p.pretrained is not None:
             load_pretrained_backbone(self.backbone, p.pretrained)
-        self.cluster_head = nn.Linear(self.feature_dim, num_clusters)
+        self.cluster_heads = nn.ModuleList(
+            nn.Linear(self.feature_dim, num_clusters) for _ in range(p.num_heads)
+        )
+        # each head's running Λ (NaN until its first step); the lowest one is read out
+        self.register_buffer("head_losses", torch.full((p.num_heads,), float("nan")))
         # N×K mined neighbour indices, kept on the CPU for the data thread; saved through get_extra_state
         self.neighbours = torch.empty(0, p.num_neighbours, dtype=torch.int64)
 
+    @property
+    def best_head(self) -> int:
+        """Index of the head with the lowest running loss (head 0 before any step)."""
+        if torch.isnan(self.head_losses).all():
+            return 0
+        return int(torch.nan_to_num(self.head_losses, nan=float("inf")).argmin())
+
     def cluster_probs(self, features: Tensor) -> Tensor:
-        """``Φ(X) = softmax(W h + b)``, N×K in float32."""
-        return self.cluster_head(features).float().softmax(dim=1)
+        """``Φ(X) = softmax(W h + b)`` of the read-out head, N×K in float32."""
+        return self.cluster_heads[self.best_head](features).float().softmax(dim=1)
 
     def prepare_training(self, dataset: ArrayDataset, device: torch.device) -> dict[str, Any]:
         """Mine every sample's neighbours (SCAN Sec. 2.1) once, before the first step."""
@@ -146,15 +170,32 @@ class SCAN(BackboneMethod):
             raise RuntimeError("SCAN trains on anchors and their neighbours: the loop must pass companions")
         # one augmented view each; anchors and neighbours go through the backbone as one batch
         view = self.prepare(self.augmenter.view(torch.cat([images, companions])))
-        probs = self.cluster_probs(self.backbone(view))
-        p_anchor, p_neighbour = probs.chunk(2)
-        consistency = neighbour_consistency(p_anchor, p_neighbour)
-        entropy = cluster_entropy(p_anchor, gather=self.gather)
+        features = self.backbone(view)
+        consistencies, entropies = [], []
+        for head in self.cluster_heads:
+            p_anchor, p_neighbour = head(features).float().softmax(dim=1).chunk(2)
+            consistencies.append(neighbour_consistency(p_anchor, p_neighbour))
+            entropies.append(cluster_entropy(p_anchor, gather=self.gather))
+        consistency, entropy = torch.stack(consistencies), torch.stack(entropies)
+        head_losses = consistency - self.params.entropy_weight * entropy
+        self._track_head_losses(head_losses.detach())
+        best = self.best_head
         return {
-            "loss": consistency - self.params.entropy_weight * entropy,
-            "consistency": consistency,
-            "entropy": entropy,
+            "loss": head_losses.sum(),
+            "consistency": consistency[best],
+            "entropy": entropy[best],
         }
+
+    @torch.no_grad()
+    def _track_head_losses(self, losses: Tensor) -> None:
+        """Update the running loss of every head with this step's (averaged over processes, so that every
+        process reads out the same head)."""
+        losses = all_reduce_sum(losses.clone()) / world_size()
+        momentum = self.params.head_loss_momentum
+        running = self.head_losses
+        self.head_losses.copy_(
+            torch.where(torch.isnan(running), losses, momentum * running + (1 - momentum) * losses)
+        )
 
     def get_extra_state(self) -> dict[str, Tensor]:
         return {"neighbours": self.neighbours}

@@ -47,12 +47,15 @@ class ModelConfig:
             max-pool); ``small_cnn`` has no stem choice (its first layer's stride follows the image size).
         width: channels of the first stage (ResNets: 64 is torchvision's standard; small_cnn: first layer).
         sobel: replace the image by its two Sobel gradients of the grayscale image before the first conv.
+        layers: ``small_cnn`` only: its conv layers as ``[out_channels, stride]`` pairs (stride 1 or 2),
+            replacing the ones ``width`` and the image size give; ``None`` keeps those.
     """
 
     backbone: str = "small_cnn"
     stem: str = "cifar"
     width: int = 64
     sobel: bool = False
+    layers: list[list[int]] | None = None
 
 
 class Sobel(nn.Module):
@@ -122,24 +125,30 @@ def small_cnn_strides(image_size: int) -> list[int]:
     return [1] * max(0, SMALL_CNN_MIN_LAYERS - len(strides)) + strides
 
 
+def small_cnn_layers(width: int, image_size: int) -> list[tuple[int, int]]:
+    """The default ``(out_channels, stride)`` of every small_cnn layer: channels double at every second layer
+    (``w, 2w, 2w, 4w, 4w, 8w, …``, capped at ``8w``), so the feature size is ``2w`` on 8-32 px images."""
+    strides = small_cnn_strides(image_size)
+    return [(width * min(2 ** ((index + 1) // 2), 8), stride) for index, stride in enumerate(strides)]
+
+
 class SmallCNN(nn.Sequential):
     """Compact all-convolutional net: (3×3 conv → BN → ReLU) layers, global average pool, flatten.
 
-    Channels double at every second layer (``w, 2w, 2w, 4w, 4w, 8w, …``, capped at ``8w``), so the feature
-    size is ``2w`` on 8-32 px images. Down-sampling is by stride-2 convolutions: forward+backward of 512
-    Fashion-MNIST images took 4.4× longer with the stride-1 conv + max-pool pairs of a classic VGG block at
-    the same widths (0.57 vs 0.13 s). Measured on one thread of the project's 2-core CPU with the other core
-    busy, channels-last: about 0.14 s at w=32 and 0.5 s at w=64.
+    ``layers`` gives each layer's ``(out_channels, stride)``; :func:`small_cnn_layers` is the default.
+    Down-sampling is by stride-2 convolutions: forward+backward of 512 Fashion-MNIST images took 4.4× longer
+    with the stride-1 conv + max-pool pairs of a classic VGG block at the same widths (0.57 vs 0.13 s).
+    Measured on one thread of the project's 2-core CPU with the other core busy, channels-last: about 0.14 s
+    at w=32 and 0.5 s at w=64.
     """
 
-    def __init__(self, in_channels: int, width: int, image_size: int) -> None:
-        layers: list[nn.Module] = []
+    def __init__(self, in_channels: int, layers: list[tuple[int, int]]) -> None:
+        modules: list[nn.Module] = []
         channels = in_channels
-        for index, stride in enumerate(small_cnn_strides(image_size)):
-            out_channels = width * min(2 ** ((index + 1) // 2), 8)
-            layers += _conv_bn_relu(channels, out_channels, stride)
+        for out_channels, stride in layers:
+            modules += _conv_bn_relu(channels, out_channels, stride)
             channels = out_channels
-        super().__init__(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        super().__init__(*modules, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.out_channels = channels
         _init_like_torchvision(self)
 
@@ -196,7 +205,24 @@ def build_backbone(cfg: ModelConfig, in_channels: int, image_size: int) -> Backb
     input_filter = Sobel(in_channels) if cfg.sobel else None
     body_channels = 2 if cfg.sobel else in_channels
     if cfg.backbone == "small_cnn":
-        body = SmallCNN(body_channels, cfg.width, image_size)
+        layers = (
+            _explicit_layers(cfg.layers)
+            if cfg.layers is not None
+            else small_cnn_layers(cfg.width, image_size)
+        )
+        body = SmallCNN(body_channels, layers)
         return Backbone(body, body.out_channels, input_filter)
+    if cfg.layers is not None:
+        raise ConfigError(f"model.layers only applies to small_cnn, not {cfg.backbone}")
     net, feature_dim = _resnet(cfg.backbone, body_channels, cfg.stem, cfg.width)
     return Backbone(net, feature_dim, input_filter)
+
+
+def _explicit_layers(layers: list[list[int]]) -> list[tuple[int, int]]:
+    """``model.layers`` checked: a non-empty list of ``[out_channels ≥ 1, stride ∈ {1, 2}]`` pairs."""
+    pairs = [tuple(layer) for layer in layers]
+    if not pairs or any(len(pair) != 2 or pair[0] < 1 or pair[1] not in (1, 2) for pair in pairs):
+        raise ConfigError(
+            f"model.layers must be [out_channels, stride] pairs with stride 1 or 2; got {list(layers)}"
+        )
+    return pairs
