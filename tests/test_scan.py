@@ -120,6 +120,7 @@ def test_scan_sums_the_heads_losses_and_reads_out_the_lowest() -> None:
     """Every head's Λ (Eq. 2) by hand, their sum as the loss, the running losses, and the read-out head."""
     cfg = scan_config("params.neighbour_space=pixels", "params.num_heads=3", "params.head_loss_momentum=0.5")
     method = method_class("scan")(cfg, (1, 8, 8), 10)
+    assert method.best_head == 0  # no step yet: every running loss is NaN
     torch.manual_seed(0)
     images = torch.randint(0, 17, (6, 1, 8, 8), dtype=torch.uint8)
     neighbours = torch.randint(0, 17, (6, 1, 8, 8), dtype=torch.uint8)

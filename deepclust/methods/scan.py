@@ -131,9 +131,7 @@ class SCAN(BackboneMethod):
 
     @property
     def best_head(self) -> int:
-        """Index of the head with the lowest running loss (head 0 before any step)."""
-        if torch.isnan(self.head_losses).all():
-            return 0
+        """Index of the head with the lowest running loss (head 0 before any step: all are NaN, read as ∞)."""
         return int(torch.nan_to_num(self.head_losses, nan=float("inf")).argmin())
 
     def cluster_probs(self, features: Tensor) -> Tensor:
