@@ -41,6 +41,9 @@ class DataConfig:
     image_size: int | None = None  # resize for folder-based datasets; None = native size
     folder_labels: bool = False  # `folder` dataset: take labels from first-level sub-folder names
     num_clusters: int | None = None  # K; None = the dataset's number of classes
+    # another split of the same dataset that trains only the method's instance-level losses, in a pass over it
+    # at the start of every epoch (CC's STL-10 protocol: extra_split=unlabeled); it is never clustered
+    extra_split: str | None = None
 
 
 @dataclass
@@ -251,6 +254,17 @@ def _validate(cfg: DictConfig) -> None:
         )
     if cfg.kmeans.n_init < 1:
         raise ConfigError(f"kmeans.n_init must be at least 1, got {cfg.kmeans.n_init}")
+    extra = cfg.data.extra_split
+    if extra is not None:
+        from deepclust.methods import method_class  # local: methods import this module
+
+        if not method_class(cfg.method).supports_instance_only:
+            raise ConfigError(
+                f"data.extra_split: {cfg.method} has no instance-level losses of its own to train on another "
+                "split (cc has)"
+            )
+        if extra == cfg.data.split:
+            raise ConfigError(f"data.extra_split: {extra!r} is already the clustered split (data.split)")
     choices = {
         "optim.name": ("adam", "adamw", "sgd", "lars"),
         "optim.schedule": ("cosine", "constant"),

@@ -70,6 +70,12 @@ def test_kmeans_on_digits_writes_a_complete_run_directory(tmp_path: Path) -> Non
         (["train", "--dataset", "digits", "--clusters", "5000"], "more than the 1797 samples"),
         (["train", "--config", "/no/such/file.yaml"], "config file not found"),
         (["train", "--dataset", "folder", "--data-root", "/no/such/dir"], "/no/such/dir"),
+        (["train", "--method", "simclr", "data.extra_split=test"], "simclr has no instance-level losses"),
+        (["train", "--method", "cc", "data.extra_split=all"], "is already the clustered split"),
+        (
+            ["train", "--method", "cc", "--dataset", "digits", "data.extra_split=unlabeled"],
+            "data.extra_split: dataset 'digits' has no split 'unlabeled'",
+        ),
         (["evaluate", "/no/such/run"], "run directory not found"),
         (["train", "--resume"], "--resume needs a run directory"),
         (["train", "--seed", "notanint"], "invalid int value"),

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import DictConfig
+from test_datasets import write_stl10
 
 from deepclust.config import build_config
 from deepclust.data import ArrayDataset
@@ -45,6 +46,21 @@ def train_steps(run: RunDir) -> dict[int, float]:
     events = run.read_log()
     starts = [i for i, e in enumerate(events) if e["event"] in ("start", "resume")]
     return {e["step"]: e["loss"] for e in events[starts[-1] :] if e["event"] == "train"}
+
+
+def train_interrupted(cfg: DictConfig, run: RunDir, steps_done: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train until ``steps_done`` steps are done, then interrupt (KeyboardInterrupt) before the next one."""
+    original_step = Trainer._step
+
+    def interrupt(self: Trainer, *batch: torch.Tensor | None, **options: bool) -> dict[str, torch.Tensor]:
+        if self.state.step == steps_done:
+            raise KeyboardInterrupt
+        return original_step(self, *batch, **options)
+
+    monkeypatch.setattr(Trainer, "_step", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run)
+    monkeypatch.setattr(Trainer, "_step", original_step)
 
 
 def test_lr_schedule_and_lars_by_hand() -> None:
@@ -125,17 +141,7 @@ def test_resume_reproduces_the_uninterrupted_loss_trajectory(
     train(tiny_config("byol", *settings), straight)
 
     interrupted = RunDir(tmp_path / "interrupted").create()
-    original_step = Trainer._step
-
-    def crash_at_23(self: Trainer, *batch: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        if self.state.step == 23:
-            raise KeyboardInterrupt
-        return original_step(self, *batch)
-
-    monkeypatch.setattr(Trainer, "_step", crash_at_23)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_config("byol", *settings), interrupted)
-    monkeypatch.setattr(Trainer, "_step", original_step)
+    train_interrupted(tiny_config("byol", *settings), interrupted, 23, monkeypatch)
     assert torch.load(interrupted.path / "checkpoints/last.pt", weights_only=True)["loop"]["step"] == 20
     train(tiny_config("byol", *settings), interrupted, resume=True)
 
@@ -144,6 +150,62 @@ def test_resume_reproduces_the_uninterrupted_loss_trajectory(
     for step, loss in resumed.items():
         assert loss == pytest.approx(expected[step], abs=1e-6), step
     assert json.loads((interrupted.path / "metrics.json").read_text())["step"] == 40
+
+
+def stl10_with_unlabeled(root: Path) -> None:
+    """Tiny STL-10 binaries: 6 train + 6 test labelled images and 8 unlabelled ones, 96×96."""
+    rng = np.random.default_rng(0)
+    sizes = {"train": 6, "test": 6, "unlabeled": 8}
+    images = {split: rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8) for split, n in sizes.items()}
+    labels = {split: rng.integers(0, 10, sizes[split]) for split in ("train", "test")}
+    write_stl10(root / "stl10_binary", images, labels)
+
+
+def test_extra_split_pass_opens_every_epoch_and_resumes_mid_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CC's STL-10 protocol at batch 4: 2 instance-only steps on `unlabeled`, then 3 on train+test, per epoch."""
+    stl10_with_unlabeled(tmp_path / "data")
+    config_file = tmp_path / "cc-stl10.yaml"
+    config_file.write_text("method: cc\ndata:\n  name: stl10\n  extra_split: unlabeled\n")
+    settings = [
+        *TINY,
+        f"data.root={tmp_path / 'data'}",
+        "optim.batch_size=4",
+        "train.epochs=2",
+        "train.eval_every_epochs=100",
+        "train.checkpoint_every_steps=2",
+    ]
+
+    def config() -> DictConfig:
+        return build_config(config_file=config_file, overrides=settings)
+
+    straight = RunDir(tmp_path / "straight").create()
+    metrics = train(config(), straight)
+    events = [e for e in straight.read_log() if e["event"] == "train"]
+    assert [e["step"] for e in events] == list(range(1, 11))
+    extra_steps = [e["step"] for e in events if e.get("split") == "unlabeled"]
+    assert extra_steps == [1, 2, 6, 7]
+    for event in events:
+        assert ("cluster" in event) == (event["step"] not in extra_steps)
+        assert event["loss"] == pytest.approx(
+            event["instance"] + event.get("cluster", 0) + event.get("entropy", 0)
+        )
+    assert metrics["step"] == 10
+    start = next(e for e in straight.read_log() if e["event"] == "start")
+    assert (start["samples"], start["extra_split"], start["extra_samples"]) == (12, "unlabeled", 8)
+    assert len((straight.path / "assignments.csv").read_text().splitlines()) == 1 + 12  # the labelled only
+
+    # interrupted in epoch 1's unlabelled pass (checkpoint at step 6 = its first batch), then resumed
+    interrupted = RunDir(tmp_path / "interrupted").create()
+    train_interrupted(config(), interrupted, 6, monkeypatch)
+    loop = torch.load(interrupted.path / "checkpoints/last.pt", weights_only=True)["loop"]
+    assert (loop["step"], loop["epoch"], loop["batch"]) == (6, 1, 1)
+    train(config(), interrupted, resume=True)
+    expected, resumed = train_steps(straight), train_steps(interrupted)
+    assert sorted(resumed) == list(range(7, 11))
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(expected[step], abs=1e-6), step
 
 
 def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(tmp_path: Path) -> None:
@@ -264,3 +326,19 @@ def test_ddp_on_cpu_with_two_processes(tmp_path: Path) -> None:
     assert len(starts) == 1 and starts[0]["world_size"] == 2
     assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3]
     assert result.stdout.count("ACC") == 1
+
+
+def test_ddp_extra_split_leaves_the_cluster_head_unused_without_failing(tmp_path: Path) -> None:
+    """Two gloo processes, global batch 8: one instance-only step on `unlabeled` (the cluster head gets no
+    gradient: DDP must allow unused parameters), then one step on train+test, then the next epoch's first."""
+    stl10_with_unlabeled(tmp_path / "data")
+    config_file = tmp_path / "cc-stl10.yaml"
+    config_file.write_text("method: cc\ndata:\n  name: stl10\n  extra_split: unlabeled\n")
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "deepclust.cli", "train", "--config", str(config_file)]
+    options = ["--device", "cpu", "--data-root", str(tmp_path / "data"), "--out", str(out), *TINY]
+    settings = ["optim.batch_size=4", "train.devices=2", "train.max_steps=3"]
+    result = subprocess.run([*command, *options, *settings], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = [e for e in RunDir(out).read_log() if e["event"] == "train"]
+    assert [(e["step"], e.get("split")) for e in events] == [(1, "unlabeled"), (2, None), (3, "unlabeled")]

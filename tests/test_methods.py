@@ -253,6 +253,21 @@ def test_cc_loss_is_the_sum_of_its_parts(variant: str) -> None:
     assert torch.allclose(losses["loss"], instance + cluster + entropy)
 
 
+def test_cc_instance_only_is_the_instance_loss_and_leaves_the_cluster_head_without_gradient() -> None:
+    method = make_method("cc").train()
+    view_a, view_b = fixed_views(method)
+    losses = method(images(), instance_only=True)
+    assert set(losses) == {"loss", "instance"}
+    h_a, h_b = method.backbone(view_a), method.backbone(view_b)
+    z_a = F.normalize(method.instance_head(h_a), dim=1)
+    z_b = F.normalize(method.instance_head(h_b), dim=1)
+    assert torch.allclose(losses["loss"], nt_xent(z_a, z_b, 0.5))
+    losses["loss"].backward()
+    assert all(p.grad is None for p in method.cluster_head.parameters())
+    assert all(p.grad is not None for p in method.instance_head.parameters())
+    assert method.supports_instance_only and not method_class("simclr").supports_instance_only
+
+
 def test_cc_rejects_unknown_entropy_variant() -> None:
     with pytest.raises(ConfigError, match="entropy_variant"):
         make_method("cc", "params.entropy_variant=both")

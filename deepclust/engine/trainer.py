@@ -10,6 +10,7 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 from lightning.fabric import Fabric
+from lightning.fabric.strategies import DDPStrategy
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -43,7 +45,7 @@ class LoopState:
 
     step: int = 0
     epoch: int = 0
-    batch: int = 0  # next batch index within the epoch
+    batch: int = 0  # next batch index within the epoch (the data.extra_split batches come first)
     elapsed_s: float = 0.0  # training wall-clock time over all sessions (for the time budget)
     best_score: float = -math.inf
 
@@ -84,7 +86,10 @@ def fabric_settings(cfg: DictConfig) -> dict[str, Any]:
     elif precision == "32":
         precision = "32-true"
     multi = cfg.train.num_nodes > 1 or (isinstance(devices, int) and devices > 1)
-    strategy = "ddp" if cfg.train.strategy == "ddp" or multi else "auto"
+    strategy: str | DDPStrategy = "ddp" if cfg.train.strategy == "ddp" or multi else "auto"
+    if strategy == "ddp" and cfg.data.extra_split is not None:
+        # the instance-only steps on the extra split leave the cluster head without gradients
+        strategy = DDPStrategy(find_unused_parameters=True)
     return {
         "accelerator": accelerator,
         "devices": devices,
@@ -114,6 +119,7 @@ class Trainer:
             folder_labels=cfg.data.folder_labels,
         )
         self.num_clusters = resolve_num_clusters(cfg, self.dataset)
+        extra_dataset = self._extra_dataset()
         method: Method = method_class(cfg.method)(cfg, self.dataset.image_shape, self.num_clusters)
         if self.fabric.world_size > 1 and cfg.train.sync_batchnorm:
             if self.fabric.device.type == "cuda":
@@ -132,23 +138,30 @@ class Trainer:
         global_batch = cfg.optim.batch_size * self.fabric.world_size
         optimizer = build_optimizer(method.parameter_groups(cfg.optim.weight_decay), cfg.optim, global_batch)
         self.model, self.optimizer = self.fabric.setup(method, optimizer)
-        self.batches = TrainBatches(
-            self.dataset,
-            cfg.optim.batch_size,
-            rank=self.fabric.global_rank,
-            world_size=self.fabric.world_size,
-            seed=cfg.seed,
-            pin_memory=self.fabric.device.type == "cuda",
-        )
-        if len(self.batches) == 0:
-            raise UserError(
-                f"{len(self.dataset)} samples are fewer than one global batch of {global_batch}: "
-                "lower optim.batch_size"
+
+        def batches_of(data: ArrayDataset) -> TrainBatches:
+            batches = TrainBatches(
+                data,
+                cfg.optim.batch_size,
+                rank=self.fabric.global_rank,
+                world_size=self.fabric.world_size,
+                seed=cfg.seed,
+                pin_memory=self.fabric.device.type == "cuda",
             )
-        self.total_steps = cfg.train.epochs * len(self.batches)
+            if len(batches) == 0:
+                raise UserError(
+                    f"{len(data)} samples are fewer than one global batch of {global_batch}: "
+                    "lower optim.batch_size"
+                )
+            return batches
+
+        self.batches = batches_of(self.dataset)
+        self.extra_batches = None if extra_dataset is None else batches_of(extra_dataset)
+        self.steps_per_epoch = len(self.batches) + (len(self.extra_batches) if self.extra_batches else 0)
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
-        self.warmup_steps = round(cfg.optim.warmup_epochs * len(self.batches))
+        self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.base_lr = optimizer.param_groups[0]["base_lr"]
         # the budget (s) the schedule runs over, or None when it runs over the steps (optim.schedule_over)
         budget = cfg.train.time_budget_minutes
@@ -166,6 +179,22 @@ class Trainer:
         )
         if resume:
             self._restore()
+
+    def _extra_dataset(self) -> ArrayDataset | None:
+        """The images of ``data.extra_split`` (the configuration checked the method and the split name)."""
+        data = self.cfg.data
+        if data.extra_split is None:
+            return None
+        try:
+            extra = load_dataset(data.name, data.extra_split, data.root, image_size=data.image_size)
+        except UserError as err:
+            raise UserError(f"data.extra_split: {err}") from None
+        if extra.image_shape != self.dataset.image_shape:
+            raise UserError(
+                f"data.extra_split: its images are {extra.image_shape}, the clustered ones "
+                f"{self.dataset.image_shape}; set data.image_size"
+            )
+        return extra
 
     # ----------------------------------------------------------------------------------------------- state
     @property
@@ -224,7 +253,17 @@ class Trainer:
             total_steps=self.total_steps,
             world_size=self.fabric.world_size,
             precision=self.fabric._precision.precision if hasattr(self.fabric, "_precision") else None,
+            **(
+                {"extra_split": cfg.data.extra_split, "extra_samples": len(self.extra_batches.dataset)}
+                if self.extra_batches is not None
+                else {}
+            ),
         )
+        if self.extra_batches is not None:
+            self.console.print(
+                f"every epoch starts with the {len(self.extra_batches.dataset):,} images of split "
+                f"{cfg.data.extra_split!r} (instance-level losses only)"
+            )
         progress = self._progress()
         task = progress.add_task("training", total=self.total_steps, completed=state.step, status="")
         session_start = time.perf_counter() - state.elapsed_s
@@ -233,18 +272,15 @@ class Trainer:
         images_per_step = cfg.optim.batch_size * self.fabric.world_size
         with progress:
             while state.step < self.total_steps:
-                epoch_batches = self.batches.epoch(
-                    state.epoch, start=state.batch, companions=self.method.companion_indices
-                )
                 wait_start = time.perf_counter()
-                for images, companions, _ in epoch_batches:
+                for images, companions, instance_only in self._epoch_batches(state.epoch, state.batch):
                     window["data"] += time.perf_counter() - wait_start
-                    losses = self._step(images, companions)
+                    losses = self._step(images, companions, instance_only=instance_only)
                     state.batch += 1
                     window["steps"] += 1
                     state.elapsed_s = time.perf_counter() - session_start
                     if state.step % cfg.train.log_every_steps == 0 or state.step == self.total_steps:
-                        self._log_window(losses, window, images_per_step, progress, task)
+                        self._log_window(losses, window, images_per_step, progress, task, instance_only)
                     if state.step % cfg.train.checkpoint_every_steps == 0:
                         self.save()
                     if state.step >= self.total_steps:
@@ -255,7 +291,7 @@ class Trainer:
                     wait_start = time.perf_counter()
                 if stop_reason == "time budget":
                     break
-                if state.batch >= len(self.batches):
+                if state.batch >= self.steps_per_epoch:
                     state.epoch += 1
                     state.batch = 0
                     self.save()
@@ -276,7 +312,23 @@ class Trainer:
         self.console.print(f"run directory: {self.run_dir.path}")
         return metrics
 
-    def _step(self, images: torch.Tensor, companions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def _epoch_batches(
+        self, epoch: int, start: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, bool]]:
+        """``(images, companions, instance_only)`` for the batches of ``epoch`` from batch ``start``: those of
+        ``data.extra_split`` first (instance-level losses only), then those of the clustered split."""
+        if self.extra_batches is not None:
+            for images, _, _ in self.extra_batches.epoch(epoch, start=min(start, len(self.extra_batches))):
+                yield images, None, True
+            start = max(0, start - len(self.extra_batches))
+        for images, companions, _ in self.batches.epoch(
+            epoch, start=start, companions=self.method.companion_indices
+        ):
+            yield images, companions, False
+
+    def _step(
+        self, images: torch.Tensor, companions: torch.Tensor | None = None, *, instance_only: bool = False
+    ) -> dict[str, torch.Tensor]:
         """One optimisation step, in the order of ``deepclust/methods/base.py``."""
         state, cfg = self.state, self.cfg
         # training time only (evaluations excluded), saved in checkpoints, so a resumed run continues it
@@ -294,7 +346,7 @@ class Trainer:
             ),
         )
         batch = [self._to_device(x) for x in (images, companions) if x is not None]
-        losses = self.model(*batch)
+        losses = self.model(*batch, instance_only=True) if instance_only else self.model(*batch)
         total = losses["loss"]
         if not torch.isfinite(total.detach()):
             self._diverged(losses)
@@ -332,6 +384,7 @@ class Trainer:
         images_per_step: int,
         progress: Progress,
         task: Any,
+        instance_only: bool = False,
     ) -> None:
         now = time.perf_counter()
         seconds = max(now - window["start"], 1e-9)
@@ -344,12 +397,16 @@ class Trainer:
             "images_per_s": round(window["steps"] * images_per_step / seconds, 1),
             "data_share": round(window["data"] / seconds, 4),
         }
+        if instance_only:
+            record["split"] = self.cfg.data.extra_split
         if self.fabric.is_global_zero:
             self._log("train", **record)
             if self.tensorboard is not None:
                 for key in (*values, "lr", "images_per_s"):
                     self.tensorboard.add_scalar(f"train/{key}", record[key], self.state.step)
         status = f"loss {values['loss']:.4f}  {record['images_per_s']:.0f} img/s"
+        if instance_only:
+            status += f"  ({self.cfg.data.extra_split})"
         progress.update(task, completed=self.state.step, status=status)
         if not sys.stderr.isatty() and self.cfg.train.progress and self.fabric.is_global_zero:
             print(

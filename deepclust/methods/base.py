@@ -16,6 +16,12 @@ Two optional hooks serve methods that look beyond the batch (SCAN's mined neighb
 :meth:`Method.prepare_training` runs once before the first step of a new run (not on resume: whatever it
 computes must live in buffers, which the checkpoint restores), and :meth:`Method.companion_indices` names extra
 samples to load with every batch; their uint8 images reach ``forward`` as its ``companions`` argument.
+
+A method whose objective has an instance-level part of its own (CC's NT-Xent) sets ``supports_instance_only``
+and accepts ``forward(images, instance_only=True)``: the loop then calls it that way on the batches of
+``data.extra_split``, a pass over another split of the dataset at the start of every epoch (CC's STL-10 protocol
+trains its instance head on the 100,000 unlabelled images this way). The parameters those losses do not use
+(the cluster head) get no gradient in such steps; under DDP the loop then lets parameters go unused.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ class Method(nn.Module, ABC):
     trainable: ClassVar[bool] = True
     #: which read-out gives the headline metrics: "head" (argmax of a cluster head) or "kmeans" (on features)
     primary_readout: ClassVar[str] = "kmeans"
+    #: whether ``forward(images, instance_only=True)`` returns the instance-level losses alone (``data.extra_split``)
+    supports_instance_only: ClassVar[bool] = False
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__()

@@ -58,6 +58,7 @@ class ContrastiveClustering(BackboneMethod):
         "augment": {"pipeline": "cc"},
     }
     primary_readout: ClassVar[str] = "head"
+    supports_instance_only: ClassVar[bool] = True
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
@@ -73,16 +74,22 @@ class ContrastiveClustering(BackboneMethod):
         """Soft assignments ``softmax(g_C(h))``, N×K (float32)."""
         return self.cluster_head(features)
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """``L = L_ins + L_clu`` (Li et al. 2021, Eq. 3, 6, 7), the entropy term weighted and per variant."""
+    def forward(self, images: Tensor, instance_only: bool = False) -> dict[str, Tensor]:
+        """``L = L_ins + L_clu`` (Li et al. 2021, Eq. 3, 6, 7), the entropy term weighted and per variant.
+
+        With ``instance_only`` the loss is ``L_ins`` alone and the cluster head is not run: how the authors'
+        ``train_STL10.py`` uses STL-10's 100,000 unlabelled images (``data.extra_split=unlabeled``).
+        """
         view_a, view_b = self.views(images)[:2]
         h_a, h_b = self.backbone(view_a), self.backbone(view_b)
         z_a = F.normalize(self.instance_head(h_a), dim=1)
         z_b = F.normalize(self.instance_head(h_b), dim=1)
-        c_a, c_b = self.cluster_probs(h_a), self.cluster_probs(h_b)
         p = self.params
         gather = self.gather
         instance = nt_xent(z_a, z_b, p.instance_temperature, gather=gather)
+        if instance_only:
+            return {"loss": instance, "instance": instance}
+        c_a, c_b = self.cluster_probs(h_a), self.cluster_probs(h_b)
         cluster = cluster_contrastive_loss(c_a, c_b, p.cluster_temperature, gather=gather)
         # The marginals of the global batch (gathering only the K cluster masses).
         entropy = p.entropy_weight * cc_entropy_term(c_a, c_b, variant=p.entropy_variant, gather=gather)
