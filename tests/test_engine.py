@@ -152,22 +152,24 @@ def test_resume_reproduces_the_uninterrupted_loss_trajectory(
     assert json.loads((interrupted.path / "metrics.json").read_text())["step"] == 40
 
 
-def stl10_with_unlabeled(root: Path) -> None:
-    """Tiny STL-10 binaries: 6 train + 6 test labelled images and 8 unlabelled ones, 96×96."""
+def cc_on_tiny_stl10(tmp_path: Path) -> Path:
+    """Tiny STL-10 binaries under ``tmp_path/data`` (6 train + 6 test labelled images and 8 unlabelled ones,
+    96×96) and a cc config file that trains on them with ``data.extra_split=unlabeled``; returns the file."""
     rng = np.random.default_rng(0)
     sizes = {"train": 6, "test": 6, "unlabeled": 8}
     images = {split: rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8) for split, n in sizes.items()}
     labels = {split: rng.integers(0, 10, sizes[split]) for split in ("train", "test")}
-    write_stl10(root / "stl10_binary", images, labels)
+    write_stl10(tmp_path / "data" / "stl10_binary", images, labels)
+    config_file = tmp_path / "cc-stl10.yaml"
+    config_file.write_text("method: cc\ndata:\n  name: stl10\n  extra_split: unlabeled\n")
+    return config_file
 
 
 def test_extra_split_pass_opens_every_epoch_and_resumes_mid_pass(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CC's STL-10 protocol at batch 4: 2 instance-only steps on `unlabeled`, then 3 on train+test, per epoch."""
-    stl10_with_unlabeled(tmp_path / "data")
-    config_file = tmp_path / "cc-stl10.yaml"
-    config_file.write_text("method: cc\ndata:\n  name: stl10\n  extra_split: unlabeled\n")
+    config_file = cc_on_tiny_stl10(tmp_path)
     settings = [
         *TINY,
         f"data.root={tmp_path / 'data'}",
@@ -331,9 +333,7 @@ def test_ddp_on_cpu_with_two_processes(tmp_path: Path) -> None:
 def test_ddp_extra_split_leaves_the_cluster_head_unused_without_failing(tmp_path: Path) -> None:
     """Two gloo processes, global batch 8: one instance-only step on `unlabeled` (the cluster head gets no
     gradient: DDP must allow unused parameters), then one step on train+test, then the next epoch's first."""
-    stl10_with_unlabeled(tmp_path / "data")
-    config_file = tmp_path / "cc-stl10.yaml"
-    config_file.write_text("method: cc\ndata:\n  name: stl10\n  extra_split: unlabeled\n")
+    config_file = cc_on_tiny_stl10(tmp_path)
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "deepclust.cli", "train", "--config", str(config_file)]
     options = ["--device", "cpu", "--data-root", str(tmp_path / "data"), "--out", str(out), *TINY]

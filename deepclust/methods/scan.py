@@ -129,10 +129,15 @@ class SCAN(BackboneMethod):
         # N×K mined neighbour indices, kept on the CPU for the data thread; saved through get_extra_state
         self.neighbours = torch.empty(0, p.num_neighbours, dtype=torch.int64)
 
+    def _best_head_index(self) -> Tensor:
+        """0-d index of the head with the lowest running loss (head 0 before any step: NaN reads as ∞), on the
+        buffer's device, so a training step can use it without waiting for the device."""
+        return torch.nan_to_num(self.head_losses, nan=float("inf")).argmin()
+
     @property
     def best_head(self) -> int:
-        """Index of the head with the lowest running loss (head 0 before any step: all are NaN, read as ∞)."""
-        return int(torch.nan_to_num(self.head_losses, nan=float("inf")).argmin())
+        """Index of the head that is read out."""
+        return int(self._best_head_index())
 
     def cluster_probs(self, features: Tensor) -> Tensor:
         """``Φ(X) = softmax(W h + b)`` of the read-out head, N×K in float32."""
@@ -177,7 +182,7 @@ class SCAN(BackboneMethod):
         consistency, entropy = torch.stack(consistencies), torch.stack(entropies)
         head_losses = consistency - self.params.entropy_weight * entropy
         self._track_head_losses(head_losses.detach())
-        best = self.best_head
+        best = self._best_head_index()
         return {
             "loss": head_losses.sum(),
             "consistency": consistency[best],
