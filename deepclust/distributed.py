@@ -72,3 +72,10 @@ def all_reduce_max(x: Tensor) -> Tensor:
     if is_distributed():
         dist.all_reduce(x, op=dist.ReduceOp.MAX)
     return x
+
+
+def broadcast_(x: Tensor, src: int = 0) -> Tensor:
+    """Overwrite ``x`` in place with rank ``src``'s copy and return it; identity on one process."""
+    if is_distributed():
+        dist.broadcast(x, src=src)
+    return x

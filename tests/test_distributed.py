@@ -25,7 +25,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from deepclust.losses import cc_entropy_term, cluster_contrastive_loss, nt_xent, sinkhorn
+from deepclust.distributed import all_gather_with_grad
+from deepclust.losses import (
+    cc_entropy_term,
+    cluster_contrastive_loss,
+    nt_xent,
+    prototype_scattering_loss,
+    sinkhorn,
+)
 
 WORLD = 2
 D, K = 5, 3
@@ -40,13 +47,27 @@ def soft(x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(x[:, :K], dim=1)
 
 
+def scattering(a: torch.Tensor, b: torch.Tensor, gather: bool) -> torch.Tensor:
+    """ProPos's use: features gathered, pseudo-labels of the global rows, both view orders."""
+    if gather:
+        a, b = all_gather_with_grad(a), all_gather_with_grad(b)
+    labels = torch.arange(len(a)) % K
+    return 0.5 * (prototype_scattering_loss(a, b, labels, K) + prototype_scattering_loss(b, a, labels, K))
+
+
 LOSSES: dict[str, Loss] = {
     "nt_xent": lambda a, b, gather: nt_xent(a, b, 0.5, gather=gather),
     "cluster": lambda a, b, gather: cluster_contrastive_loss(soft(a), soft(b), 1.0, gather=gather),
     "entropy_code": lambda a, b, gather: cc_entropy_term(soft(a), soft(b), "code", gather=gather),
     "entropy_paper": lambda a, b, gather: cc_entropy_term(soft(a), soft(b), "paper", gather=gather),
+    "scattering": scattering,
 }
-GLOBAL = {"cluster", "entropy_code", "entropy_paper"}  # every rank computes the same (global-batch) loss
+GLOBAL = {
+    "cluster",
+    "entropy_code",
+    "entropy_paper",
+    "scattering",
+}  # every rank computes the same (global-batch) loss
 
 
 def free_port() -> int:

@@ -14,7 +14,9 @@ from deepclust.losses import (
     cc_entropy_term,
     cluster_contrastive_loss,
     cluster_entropy,
+    cluster_prototypes,
     nt_xent,
+    prototype_scattering_loss,
     sinkhorn,
     swav_loss,
 )
@@ -354,3 +356,61 @@ def test_entropy_of_a_collapsed_batch_has_finite_gradient() -> None:
     exact_zero = torch.tensor([[1.0, 0.0]] * 3, requires_grad=True)
     cluster_entropy(exact_zero).backward()
     assert torch.isfinite(exact_zero.grad).all()
+
+
+# ---------------------------------------------------------------------------------------- prototype scattering
+
+
+def test_cluster_prototypes_are_normalised_means_and_absent_clusters_are_zero() -> None:
+    z = torch.tensor([[3.0, 0.0], [1.0, 2.0], [0.0, -4.0]])
+    prototypes, present = cluster_prototypes(z, torch.tensor([0, 0, 2]), 3)
+    # cluster 0: mean (2, 1) -> (2, 1)/√5; cluster 1 is empty; cluster 2: (0, −1)
+    torch.testing.assert_close(prototypes[0], torch.tensor([2.0, 1.0]) / math.sqrt(5))
+    torch.testing.assert_close(prototypes[1], torch.zeros(2))
+    torch.testing.assert_close(prototypes[2], torch.tensor([0.0, -1.0]))
+    assert present.tolist() == [True, False, True]
+
+
+def test_prototype_scattering_hand_computed() -> None:
+    """Two clusters in 2-d, τ = ½: online prototypes μ0 = (1, 0), μ1 = (0, 1); target μ'0 = (1, 0),
+    μ'1 = (1, 1)/√2. Row k: positive μ_k·μ'_k/τ, negative μ_k·μ_j/τ = 0 (online prototypes orthogonal)."""
+    online = torch.tensor([[2.0, 0.0], [5.0, 0.0], [0.0, 3.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 0.0], [4.0, 0.0], [1.0, 1.0]], requires_grad=True)
+    labels = torch.tensor([0, 0, 1])
+    loss = prototype_scattering_loss(online, target, labels, num_clusters=2, temperature=0.5)
+    row0 = -2.0 + math.log(math.exp(2.0) + 1.0)
+    row1 = -math.sqrt(2.0) + math.log(1.0 + math.exp(math.sqrt(2.0)))
+    assert loss.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    loss.backward()
+    assert target.grad is None and online.grad is not None and online.grad.abs().sum() > 0
+
+
+def test_prototype_scattering_ignores_absent_clusters_and_matches_naive_reference() -> None:
+    generator = torch.Generator().manual_seed(0)
+    online, target = torch.randn(2, 12, 5, generator=generator)
+    labels = torch.tensor([0, 3, 3, 5, 0, 5, 3, 0, 5, 5, 3, 0])  # clusters 1, 2, 4 absent
+    loss = prototype_scattering_loss(online, target, labels, num_clusters=6, temperature=0.3)
+    on, tg = F.normalize(online, dim=1), F.normalize(target, dim=1)
+    mu = {k: F.normalize(on[labels == k].mean(0), dim=0) for k in (0, 3, 5)}
+    mu_t = {k: F.normalize(tg[labels == k].mean(0), dim=0) for k in (0, 3, 5)}
+    total = 0.0
+    for k in mu:
+        positive = math.exp(float(mu[k] @ mu_t[k]) / 0.3)
+        negatives = sum(math.exp(float(mu[k] @ mu[j]) / 0.3) for j in mu if j != k)
+        total -= math.log(positive / (positive + negatives))
+    assert loss.item() == pytest.approx(total / 3, rel=1e-5)
+    # the same batch labelled into 3 clusters only gives the same loss
+    relabelled = torch.tensor([0, 1, 1, 2, 0, 2, 1, 0, 2, 2, 1, 0])
+    assert prototype_scattering_loss(online, target, relabelled, 3, 0.3).item() == pytest.approx(loss.item())
+
+
+def test_prototype_scattering_arguments() -> None:
+    with pytest.raises(ValueError, match="N×D"):
+        prototype_scattering_loss(torch.zeros(4, 3), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="one entry per row"):
+        prototype_scattering_loss(torch.zeros(4, 3), torch.zeros(4, 3), torch.zeros(3, dtype=torch.long), 2)
+    # a single present cluster has nothing to scatter from
+    single = prototype_scattering_loss(
+        torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4, dtype=torch.long), 2
+    )
+    assert single.item() == pytest.approx(0.0)

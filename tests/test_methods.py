@@ -31,10 +31,20 @@ TINY_PARAMS = {
     "byol": ["params.projection_dim=8", "params.hidden_dim=16"],
     "swav": ["params.projection_dim=8", "params.hidden_dim=16", "params.freeze_prototypes_steps=1"],
     "cc": ["params.instance_dim=8", "params.hidden_dim=16"],
+    "propos": ["params.projection_dim=8", "params.hidden_dim=16"],
 }
 # The loss parts each method reports next to "loss".
-PARTS = {"simclr": {"nt_xent"}, "byol": {"byol"}, "swav": {"swav"}, "cc": {"instance", "cluster", "entropy"}}
+# (ProPos before its first pseudo-labels: the scattering part joins them, tests/test_propos.py)
+PARTS = {
+    "simclr": {"nt_xent"},
+    "byol": {"byol"},
+    "swav": {"swav"},
+    "cc": {"instance", "cluster", "entropy"},
+    "propos": {"alignment"},
+}
 WITH_HEAD = {"swav", "cc"}
+# read-outs on other features than the backbone's: ProPos clusters the target projections
+READOUT_DIM = {"propos": 8}
 NAMES = sorted(PARTS)
 
 
@@ -100,7 +110,7 @@ def test_readout(name: str) -> None:
     method = make_method(name).eval()
     out = method.readout(images())
     features = out["features"]
-    assert features.shape == (BATCH, method.backbone.feature_dim)
+    assert features.shape == (BATCH, READOUT_DIM.get(name, method.backbone.feature_dim))
     assert features.dtype == torch.float32 and not features.requires_grad
     if name in WITH_HEAD:
         probs = out["probs"]

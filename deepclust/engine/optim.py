@@ -116,5 +116,6 @@ def lr_at(
 
 
 def set_lr(optimizer: Optimizer, lr: float) -> None:
+    """Set every group's rate to ``lr`` times its ``lr_scale`` (1 unless the method's group sets one)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -272,10 +272,14 @@ class Trainer:
         images_per_step = cfg.optim.batch_size * self.fabric.world_size
         with progress:
             while state.step < self.total_steps:
+                if state.batch == 0:
+                    self._epoch_start()
                 wait_start = time.perf_counter()
-                for images, companions, instance_only in self._epoch_batches(state.epoch, state.batch):
+                for images, companions, indices, instance_only in self._epoch_batches(
+                    state.epoch, state.batch
+                ):
                     window["data"] += time.perf_counter() - wait_start
-                    losses = self._step(images, companions, instance_only=instance_only)
+                    losses = self._step(images, companions, indices, instance_only=instance_only)
                     state.batch += 1
                     window["steps"] += 1
                     state.elapsed_s = time.perf_counter() - session_start
@@ -312,22 +316,39 @@ class Trainer:
         self.console.print(f"run directory: {self.run_dir.path}")
         return metrics
 
+    def _epoch_start(self) -> None:
+        """The method's :meth:`~deepclust.methods.base.Method.on_epoch_start` (e.g. ProPos's k-means)."""
+        epoch = self.state.epoch
+        stats = self.method.on_epoch_start(self.dataset, self.fabric.device, epoch)
+        if stats:
+            self._log("epoch_start", epoch=epoch, step=self.state.step, **stats)
+            self.console.print(
+                f"epoch {epoch}: " + ", ".join(f"{key} {value}" for key, value in stats.items())
+            )
+
     def _epoch_batches(
         self, epoch: int, start: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, bool]]:
-        """``(images, companions, instance_only)`` for the batches of ``epoch`` from batch ``start``: those of
-        ``data.extra_split`` first (instance-level losses only), then those of the clustered split."""
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, bool]]:
+        """``(images, companions, indices, instance_only)`` for the batches of ``epoch`` from batch ``start``:
+        those of ``data.extra_split`` first (instance-level losses only), then those of the clustered split."""
         if self.extra_batches is not None:
-            for images, _, _ in self.extra_batches.epoch(epoch, start=min(start, len(self.extra_batches))):
-                yield images, None, True
+            for images, _, indices in self.extra_batches.epoch(
+                epoch, start=min(start, len(self.extra_batches))
+            ):
+                yield images, None, indices, True
             start = max(0, start - len(self.extra_batches))
-        for images, companions, _ in self.batches.epoch(
+        for images, companions, indices in self.batches.epoch(
             epoch, start=start, companions=self.method.companion_indices
         ):
-            yield images, companions, False
+            yield images, companions, indices, False
 
     def _step(
-        self, images: torch.Tensor, companions: torch.Tensor | None = None, *, instance_only: bool = False
+        self,
+        images: torch.Tensor,
+        companions: torch.Tensor | None = None,
+        indices: torch.Tensor | None = None,
+        *,
+        instance_only: bool = False,
     ) -> dict[str, torch.Tensor]:
         """One optimisation step, in the order of ``deepclust/methods/base.py``."""
         state, cfg = self.state, self.cfg
@@ -346,7 +367,12 @@ class Trainer:
             ),
         )
         batch = [self._to_device(x) for x in (images, companions) if x is not None]
-        losses = self.model(*batch, instance_only=True) if instance_only else self.model(*batch)
+        if instance_only:
+            losses = self.model(*batch, instance_only=True)
+        elif self.method.uses_indices:
+            losses = self.model(*batch, indices=indices)
+        else:
+            losses = self.model(*batch)
         total = losses["loss"]
         if not torch.isfinite(total.detach()):
             self._diverged(losses)

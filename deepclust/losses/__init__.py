@@ -3,6 +3,7 @@
 from deepclust.losses.byol import byol_loss
 from deepclust.losses.cluster_contrast import cc_entropy_term, cluster_contrastive_loss, cluster_entropy
 from deepclust.losses.nt_xent import NTXentLoss, nt_xent
+from deepclust.losses.prototype_scattering import cluster_prototypes, prototype_scattering_loss
 from deepclust.losses.scan import neighbour_consistency
 from deepclust.losses.self_label import confident_self_label_loss, top_per_cluster_self_label_loss
 from deepclust.losses.sinkhorn import sinkhorn
@@ -14,9 +15,11 @@ __all__ = [
     "cc_entropy_term",
     "cluster_contrastive_loss",
     "cluster_entropy",
+    "cluster_prototypes",
     "confident_self_label_loss",
     "neighbour_consistency",
     "nt_xent",
+    "prototype_scattering_loss",
     "sinkhorn",
     "swav_loss",
     "top_per_cluster_self_label_loss",

@@ -7,6 +7,7 @@ from deepclust.methods.base import Method
 from deepclust.methods.byol import BYOL
 from deepclust.methods.cc import ContrastiveClustering
 from deepclust.methods.kmeans import KMeansBaseline
+from deepclust.methods.propos import ProPos
 from deepclust.methods.scan import SCAN
 from deepclust.methods.selflabel import SelfLabel
 from deepclust.methods.simclr import SimCLR
@@ -18,6 +19,7 @@ METHODS: dict[str, type] = {
     "byol": BYOL,
     "swav": SwAV,
     "cc": ContrastiveClustering,
+    "propos": ProPos,
     "scan": SCAN,
     "selflabel": SelfLabel,
 }

@@ -12,10 +12,13 @@ Step order in the loop (the same for every method)::
     optimizer.step(); scheduler update
     method.on_after_optimizer_step(step, total_steps)   # e.g. EMA target update, prototype renormalisation
 
-Two optional hooks serve methods that look beyond the batch (SCAN's mined neighbours):
-:meth:`Method.prepare_training` runs once before the first step of a new run (not on resume: whatever it
-computes must live in buffers, which the checkpoint restores), and :meth:`Method.companion_indices` names extra
-samples to load with every batch; their uint8 images reach ``forward`` as its ``companions`` argument.
+Optional hooks serve methods that look beyond the batch (SCAN's mined neighbours, ProPos's pseudo-labels):
+:meth:`Method.prepare_training` runs once before the first step of a new run, and :meth:`Method.on_epoch_start`
+before the first step of every epoch (neither runs again on a resume in the middle of what they prepared:
+whatever they compute must live in the method's state, which the checkpoint restores).
+:meth:`Method.companion_indices` names extra samples to load with every batch; their uint8 images reach
+``forward`` as its ``companions`` argument. A method that sets ``uses_indices`` gets the dataset indices of the
+batch as ``forward(images, indices=...)`` (a CPU tensor), to look up per-sample state such as pseudo-labels.
 
 A method whose objective has an instance-level part of its own (CC's NT-Xent) sets ``supports_instance_only``
 and accepts ``forward(images, instance_only=True)``: the loop then calls it that way on the batches of
@@ -52,6 +55,8 @@ class Method(nn.Module, ABC):
     primary_readout: ClassVar[str] = "kmeans"
     #: whether ``forward(images, instance_only=True)`` returns the instance-level losses alone (``data.extra_split``)
     supports_instance_only: ClassVar[bool] = False
+    #: whether ``forward`` takes the batch's dataset indices as ``indices=`` (a CPU int64 tensor)
+    uses_indices: ClassVar[bool] = False
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__()
@@ -75,6 +80,11 @@ class Method(nn.Module, ABC):
     def prepare_training(self, dataset: ArrayDataset, device: torch.device) -> dict[str, Any]:
         """Called once before the first step of a new run, after the method is on ``device``; what it returns
         is logged (a ``prepare`` event in log.jsonl)."""
+        return {}
+
+    def on_epoch_start(self, dataset: ArrayDataset, device: torch.device, epoch: int) -> dict[str, Any]:
+        """Called before the first step of every epoch (also epoch 0, after :meth:`prepare_training`), in
+        training mode and counted as training time; what it returns is logged (an ``epoch_start`` event)."""
         return {}
 
     def companion_indices(self, indices: Tensor, generator: torch.Generator) -> Tensor | None:

@@ -1,0 +1,145 @@
+"""ProPos: pseudo-labels at epoch starts, the scattering term, its optimiser groups and EMA, and its training run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_engine import tiny_config, train_interrupted, train_steps
+from test_methods import BATCH, images, make_method
+
+from deepclust.data import ArrayDataset
+from deepclust.engine.optim import build_optimizer, set_lr
+from deepclust.engine.run_dir import RunDir
+from deepclust.engine.trainer import train
+from deepclust.errors import ConfigError
+from deepclust.losses import byol_loss, prototype_scattering_loss
+from deepclust.models.ema import cosine_momentum
+
+
+def toy_dataset(n: int = 40) -> ArrayDataset:
+    """``n`` random 8×8 images with labels: enough for k-means into the tests' K = 4 clusters."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8)
+    return ArrayDataset("toy", images, rng.integers(0, 4, n), num_classes=4)
+
+
+def test_pseudo_labels_start_after_the_warm_up_and_switch_on_the_scattering_term() -> None:
+    method = make_method("propos", "params.warmup_epochs=2", "params.latent_std=0").train()
+    dataset = toy_dataset()
+    assert method.on_epoch_start(dataset, torch.device("cpu"), 1) == {}
+    assert not method.clustering
+    stats = method.on_epoch_start(dataset, torch.device("cpu"), 2)
+    assert set(stats) == {"largest_cluster", "pseudo_label_acc"}
+    assert method.clustering and method.training
+    labels = method.pseudo_labels
+    assert labels.shape == (len(dataset),) and set(labels.tolist()) <= set(range(4))
+
+    indices = torch.arange(BATCH)
+    views = [torch.randn(BATCH, 1, 8, 8, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    method.augmenter.forward = lambda _images: [v.clone() for v in views]  # type: ignore[method-assign]
+    losses = method(images(), indices=indices)
+    assert set(losses) == {"loss", "alignment", "scattering"}
+    torch.testing.assert_close(losses["loss"], losses["alignment"] + 0.1 * losses["scattering"])
+
+    # the terms by hand, from the same networks (σ = 0: no noise)
+    with torch.no_grad():
+        proj = [method.projector(method.backbone(v)) for v in views]
+        target = [method.target(v) for v in views]
+        pred = [method.predictor(p) for p in proj]
+        batch_labels = labels[:BATCH]
+        alignment = 0.5 * (byol_loss(pred[0], target[1]) + byol_loss(pred[1], target[0]))
+        scattering = 0.5 * (
+            prototype_scattering_loss(proj[0], target[1], batch_labels, 4, 0.5)
+            + prototype_scattering_loss(proj[1], target[0], batch_labels, 4, 0.5)
+        )
+    torch.testing.assert_close(losses["alignment"], alignment)
+    torch.testing.assert_close(losses["scattering"], scattering)
+    losses["loss"].backward()
+    assert method.projector[0].weight.grad is not None
+
+    with pytest.raises(RuntimeError, match="indices"):
+        method(images())
+
+
+def test_reassignment_period_and_pseudo_labels_round_trip_through_the_state_dict() -> None:
+    method = make_method("propos", "params.warmup_epochs=1", "params.reassign_every_epochs=2")
+    dataset = toy_dataset()
+    assert [bool(method.on_epoch_start(dataset, torch.device("cpu"), e)) for e in range(5)] == [
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
+    restored = make_method("propos", "params.warmup_epochs=1")
+    assert not restored.clustering
+    restored.load_state_dict(method.state_dict())
+    assert torch.equal(restored.pseudo_labels, method.pseudo_labels)
+
+
+def test_the_predictor_learns_at_its_scaled_rate() -> None:
+    method = make_method("propos", "params.predictor_lr_scale=10")
+    groups = method.parameter_groups(1e-4)
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in method.parameters() if p.requires_grad)
+    optimizer = build_optimizer(groups, tiny_config("propos").optim, 16)
+    set_lr(optimizer, 0.01)
+    predictor = {id(p) for p in method.predictor.parameters()}
+    for group in optimizer.param_groups:
+        mine = {id(p) for p in group["params"]}
+        assert mine <= predictor or not mine & predictor
+        assert group["lr"] == pytest.approx(0.1 if mine and mine <= predictor else 0.01)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_target_momentum_schedules(schedule: str) -> None:
+    method = make_method("propos", f"params.momentum_schedule={schedule}", "params.base_momentum=0.9")
+    method.on_after_optimizer_step(3, 10)
+    expected = 0.9 if schedule == "constant" else cosine_momentum(3, 10, 0.9)
+    assert method.momentum == pytest.approx(expected)
+    assert not math.isclose(cosine_momentum(3, 10, 0.9), 0.9)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["params.momentum_schedule=linear", "params.temperature=0", "params.reassign_every_epochs=0"],
+)
+def test_bad_parameters_are_config_errors(override: str) -> None:
+    with pytest.raises(ConfigError):
+        make_method("propos", override)
+
+
+def test_training_assigns_pseudo_labels_every_epoch_and_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Digits at batch 64 (28 steps an epoch), warm-up of one epoch, 70 steps: straight, and interrupted at
+    step 63 then resumed from the checkpoint of step 60 (inside epoch 2, whose pseudo-labels it restores)."""
+    settings = (
+        "train.max_steps=70",
+        "train.checkpoint_every_steps=10",
+        "params.warmup_epochs=1",
+        "params.hidden_dim=32",
+        "params.projection_dim=16",
+    )
+    straight = RunDir(tmp_path / "straight").create()
+    train(tiny_config("propos", *settings), straight)
+    events = straight.read_log()
+    starts = [e for e in events if e["event"] == "epoch_start"]
+    assert [(e["epoch"], e["step"]) for e in starts] == [(1, 28), (2, 56)]
+    trained = [e for e in events if e["event"] == "train"]
+    assert all(("scattering" in e) == (e["step"] > 28) for e in trained)
+
+    interrupted = RunDir(tmp_path / "interrupted").create()
+    train_interrupted(tiny_config("propos", *settings), interrupted, 63, monkeypatch)
+    train(tiny_config("propos", *settings), interrupted, resume=True)
+    after_resume = interrupted.read_log()
+    after_resume = after_resume[max(i for i, e in enumerate(after_resume) if e["event"] == "resume") :]
+    assert not any(e["event"] == "epoch_start" for e in after_resume)  # epoch 2's labels came back
+    expected, resumed = train_steps(straight), train_steps(interrupted)
+    assert sorted(resumed) == list(range(61, 71))
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(expected[step], abs=1e-6), step
