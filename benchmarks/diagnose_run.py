@@ -12,6 +12,7 @@ On the features and soft assignments of the run's last checkpoint (evaluation vi
   probability), and the share of them that carry the label Hungarian matching gives their cluster. This is the
   purity a self-labelling stage would start from.
 * **neighbour vote**: every image takes the majority head cluster among its k cosine nearest neighbours.
+* **flip test-time augmentation**: the head on the mirrored images, and on the mean of the two probabilities.
 * **k-means on the features** with each backend, on raw and on L2-normalised features: inertia and metrics.
 * the head's confusion matrix, columns ordered by the Hungarian matching.
 
@@ -21,6 +22,7 @@ Writes ``<run>/diagnosis.json`` (or ``--out``) with the machine and the date, an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -123,6 +125,14 @@ def main() -> None:
         result["confident_core"] = confident_core(probs, labels, args.fractions)
         print("head:", {k: round(v, 4) for k, v in result["head"].items()})
         print("confident core purity (fraction of each cluster: purity):", result["confident_core"])
+        mirrored = dataclasses.replace(dataset, images=np.ascontiguousarray(dataset.images[..., ::-1]))
+        mirrored_probs = extract(method, mirrored, torch.device("cpu"))["probs"]
+        result["flip"] = {
+            "mirrored": evaluate_clustering(labels, mirrored_probs.argmax(1)),
+            "mean": evaluate_clustering(labels, (probs + mirrored_probs).argmax(1)),
+            "agreement": float((mirrored_probs.argmax(1) == head).mean()),
+        }
+        print("flip test-time augmentation:", result["flip"])
         result["neighbour_vote"] = {}
         for k in args.neighbours:
             votes = np.eye(probs.shape[1])[head][nearest_neighbours(features, k)].sum(1).argmax(1)

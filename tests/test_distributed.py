@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from deepclust.distributed import all_gather_with_grad
+from deepclust.distributed import all_gather_with_grad, rank
 from deepclust.losses import (
     cc_entropy_term,
     cluster_contrastive_loss,
@@ -48,10 +48,12 @@ def soft(x: torch.Tensor) -> torch.Tensor:
 
 
 def scattering(a: torch.Tensor, b: torch.Tensor, gather: bool) -> torch.Tensor:
-    """ProPos's use: features gathered, pseudo-labels of the global rows, both view orders."""
+    """ProPos's use: each rank's features and pseudo-labels gathered (in the same rank order), both view
+    orders. The labels are a function of the global row, so one process on the global batch has the same."""
+    local_rows = torch.arange(len(a)) + rank() * len(a)
+    labels = (local_rows * 7 // 3) % K
     if gather:
-        a, b = all_gather_with_grad(a), all_gather_with_grad(b)
-    labels = torch.arange(len(a)) % K
+        a, b, labels = all_gather_with_grad(a), all_gather_with_grad(b), all_gather_with_grad(labels)
     return 0.5 * (prototype_scattering_loss(a, b, labels, K) + prototype_scattering_loss(b, a, labels, K))
 
 

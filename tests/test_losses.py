@@ -409,8 +409,21 @@ def test_prototype_scattering_arguments() -> None:
         prototype_scattering_loss(torch.zeros(4, 3), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="one entry per row"):
         prototype_scattering_loss(torch.zeros(4, 3), torch.zeros(4, 3), torch.zeros(3, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="one entry per row"):
+        prototype_scattering_loss(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), 2)
     # a single present cluster has nothing to scatter from
     single = prototype_scattering_loss(
         torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4, dtype=torch.long), 2
     )
     assert single.item() == pytest.approx(0.0)
+
+
+def test_prototype_scattering_runs_in_float32_under_autocast() -> None:
+    generator = torch.Generator().manual_seed(1)
+    online, target = torch.randn(2, 16, 8, generator=generator)
+    labels = torch.arange(16) % 4
+    exact = prototype_scattering_loss(online, target, labels, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = prototype_scattering_loss(online, target, labels, 4)
+    assert mixed.dtype == torch.float32
+    assert mixed.item() == pytest.approx(exact.item(), abs=1e-6)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_engine import tiny_config, train_interrupted, train_steps
+from test_engine import TINY, tiny_config, train_interrupted, train_steps
 from test_methods import BATCH, images, make_method
 
 from deepclust.data import ArrayDataset
@@ -58,11 +60,26 @@ def test_pseudo_labels_start_after_the_warm_up_and_switch_on_the_scattering_term
         )
     torch.testing.assert_close(losses["alignment"], alignment)
     torch.testing.assert_close(losses["scattering"], scattering)
-    losses["loss"].backward()
-    assert method.projector[0].weight.grad is not None
+    losses["scattering"].backward()  # the scattering term alone trains the online projector
+    assert method.projector[0].weight.grad.abs().sum() > 0
 
     with pytest.raises(RuntimeError, match="indices"):
         method(images())
+
+
+def test_latent_noise_only_once_pseudo_labels_exist() -> None:
+    method = make_method("propos", "params.warmup_epochs=1", "params.latent_std=1.0").train()
+    views = [torch.randn(BATCH, 1, 8, 8, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    method.augmenter.forward = lambda _images: [v.clone() for v in views]  # type: ignore[method-assign]
+    indices = torch.arange(BATCH)
+
+    def alignment() -> float:
+        # BatchNorm in training mode updates running statistics only, so repeated calls see the same networks
+        return method(images(), indices=indices)["alignment"].item()
+
+    assert alignment() == alignment()  # warm-up: σ = 0
+    method.on_epoch_start(toy_dataset(), torch.device("cpu"), 1)
+    assert alignment() != alignment()  # σ = 1: fresh noise in every call
 
 
 def test_reassignment_period_and_pseudo_labels_round_trip_through_the_state_dict() -> None:
@@ -79,6 +96,11 @@ def test_reassignment_period_and_pseudo_labels_round_trip_through_the_state_dict
     assert not restored.clustering
     restored.load_state_dict(method.state_dict())
     assert torch.equal(restored.pseudo_labels, method.pseudo_labels)
+    # the device copy a step looks labels up in follows every new assignment
+    indices = torch.tensor([3, 0, 7])
+    assert torch.equal(restored._batch_labels(indices, torch.device("cpu")), method.pseudo_labels[indices])
+    restored.set_extra_state({"pseudo_labels": torch.arange(len(dataset)) % 4})
+    assert restored._batch_labels(indices, torch.device("cpu")).tolist() == [3, 0, 3]
 
 
 def test_the_predictor_learns_at_its_scaled_rate() -> None:
@@ -143,3 +165,25 @@ def test_training_assigns_pseudo_labels_every_epoch_and_resumes_exactly(
     assert sorted(resumed) == list(range(61, 71))
     for step, loss in resumed.items():
         assert loss == pytest.approx(expected[step], abs=1e-6), step
+
+
+def test_ddp_pseudo_labels_and_scattering_on_two_cpu_processes(tmp_path: Path) -> None:
+    """Two gloo processes run ProPos's DDP path end to end: both cluster the dataset at epoch 0 (rank 0's labels
+    broadcast), then train the scattering term over the gathered batch; rank 0 alone logs. (That the gathered
+    loss and its gradients equal one process's on the global batch is tests/test_distributed.py's check.)"""
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "deepclust.cli", "train", "--method", "propos", "--dataset", "digits"]
+    options = ["--device", "cpu", "--out", str(out), *TINY, "optim.batch_size=32", "train.devices=2"]
+    options += [
+        "train.max_steps=3",
+        "params.warmup_epochs=0",
+        "params.hidden_dim=32",
+        "params.projection_dim=16",
+    ]
+    result = subprocess.run([*command, *options], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = RunDir(out).read_log()
+    assert [e["epoch"] for e in events if e["event"] == "epoch_start"] == [0]
+    trained = [e for e in events if e["event"] == "train"]
+    assert [e["step"] for e in trained] == [1, 2, 3]
+    assert all(math.isfinite(e["scattering"]) for e in trained)

@@ -273,7 +273,8 @@ class Trainer:
         with progress:
             while state.step < self.total_steps:
                 if state.batch == 0:
-                    self._epoch_start()
+                    # training time (it counts in the budget), but not part of the throughput window
+                    window["start"] += self._epoch_start()
                 wait_start = time.perf_counter()
                 for images, companions, indices, instance_only in self._epoch_batches(
                     state.epoch, state.batch
@@ -316,15 +317,19 @@ class Trainer:
         self.console.print(f"run directory: {self.run_dir.path}")
         return metrics
 
-    def _epoch_start(self) -> None:
-        """The method's :meth:`~deepclust.methods.base.Method.on_epoch_start` (e.g. ProPos's k-means)."""
+    def _epoch_start(self) -> float:
+        """The method's :meth:`~deepclust.methods.base.Method.on_epoch_start` (e.g. ProPos's k-means); returns
+        the seconds it took."""
         epoch = self.state.epoch
+        started = time.perf_counter()
         stats = self.method.on_epoch_start(self.dataset, self.fabric.device, epoch)
+        seconds = time.perf_counter() - started
         if stats:
-            self._log("epoch_start", epoch=epoch, step=self.state.step, **stats)
+            self._log("epoch_start", epoch=epoch, step=self.state.step, seconds=round(seconds, 2), **stats)
             self.console.print(
                 f"epoch {epoch}: " + ", ".join(f"{key} {value}" for key, value in stats.items())
             )
+        return seconds
 
     def _epoch_batches(
         self, epoch: int, start: int

@@ -31,20 +31,28 @@ def prototype_scattering_loss(
     The positive pairs a cluster's online and target prototypes; the negatives are the other clusters' online
     prototypes, so minimising it scatters the prototypes apart while aligning the two views. Clusters absent
     from the batch take no part (the code masks them with a logit of −10; here they are left out exactly).
-    The target gets no gradient. One or no present cluster gives 0.
+    The target gets no gradient. A batch whose rows all share one cluster gives 0. It is computed in float32
+    with autocast off: bf16 similarities are too coarse for the logits (as in SwAV's loss).
     """
     if online.shape != target.shape or online.dim() != 2:
         raise ValueError(
             f"online and target must both be N×D, got {tuple(online.shape)} and {tuple(target.shape)}"
         )
-    if labels.shape != (online.shape[0],):
-        raise ValueError(f"labels must have one entry per row ({online.shape[0]}), got {tuple(labels.shape)}")
+    if labels.shape != (online.shape[0],) or len(labels) == 0:
+        raise ValueError(
+            f"labels must have one entry per row ({online.shape[0]} ≥ 1), got {tuple(labels.shape)}"
+        )
     dtype = torch.promote_types(online.dtype, torch.float32)
-    online_protos, present = cluster_prototypes(F.normalize(online.to(dtype), dim=1), labels, num_clusters)
-    target_protos, _ = cluster_prototypes(F.normalize(target.detach().to(dtype), dim=1), labels, num_clusters)
-    online_protos, target_protos = online_protos[present], target_protos[present]
-    logits = online_protos @ online_protos.T / temperature
-    positives = (online_protos * target_protos).sum(dim=1) / temperature
-    eye = torch.eye(len(logits), dtype=torch.bool, device=logits.device)
-    logits = torch.where(eye, positives.unsqueeze(1), logits)
-    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+    with torch.autocast(online.device.type, enabled=False):
+        online_protos, present = cluster_prototypes(
+            F.normalize(online.to(dtype), dim=1), labels, num_clusters
+        )
+        target_protos, _ = cluster_prototypes(
+            F.normalize(target.detach().to(dtype), dim=1), labels, num_clusters
+        )
+        online_protos, target_protos = online_protos[present], target_protos[present]
+        logits = online_protos @ online_protos.T / temperature
+        positives = (online_protos * target_protos).sum(dim=1) / temperature
+        eye = torch.eye(len(logits), dtype=torch.bool, device=logits.device)
+        logits = torch.where(eye, positives.unsqueeze(1), logits)
+        return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))

@@ -18,7 +18,8 @@ before the first step of every epoch (neither runs again on a resume in the midd
 whatever they compute must live in the method's state, which the checkpoint restores).
 :meth:`Method.companion_indices` names extra samples to load with every batch; their uint8 images reach
 ``forward`` as its ``companions`` argument. A method that sets ``uses_indices`` gets the dataset indices of the
-batch as ``forward(images, indices=...)`` (a CPU tensor), to look up per-sample state such as pseudo-labels.
+batch as ``forward(images, indices=...)`` (an int64 tensor, on the CPU, or on the GPU where DDP moved it), to
+look up per-sample state such as pseudo-labels.
 
 A method whose objective has an instance-level part of its own (CC's NT-Xent) sets ``supports_instance_only``
 and accepts ``forward(images, instance_only=True)``: the loop then calls it that way on the batches of
@@ -55,7 +56,7 @@ class Method(nn.Module, ABC):
     primary_readout: ClassVar[str] = "kmeans"
     #: whether ``forward(images, instance_only=True)`` returns the instance-level losses alone (``data.extra_split``)
     supports_instance_only: ClassVar[bool] = False
-    #: whether ``forward`` takes the batch's dataset indices as ``indices=`` (a CPU int64 tensor)
+    #: whether ``forward`` takes the batch's dataset indices as ``indices=`` (int64, CPU or training device)
     uses_indices: ClassVar[bool] = False
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:

@@ -3,8 +3,9 @@
 :class:`BackboneMethod` owns the two things every such method has: a
 :class:`~deepclust.data.augment.ViewAugmenter` that turns a uint8 batch into augmented float views on the
 training device, and a backbone that maps a view to its representation ``h``. It also implements the read-out:
-``features`` are always the backbone features ``h`` (what k-means clusters, following the papers, which
-cluster/evaluate the representation before the projector), and ``probs`` come from
+``features`` are the backbone features ``h`` (what k-means clusters, following the papers, which
+cluster/evaluate the representation before the projector; ProPos overrides it with its target projections, where
+its authors evaluate), and ``probs`` come from
 :meth:`BackboneMethod.cluster_probs` for methods that have a cluster head.
 
 Normalisation statistics. The method is not told the dataset's per-channel mean/std, and computing them would

@@ -97,9 +97,11 @@ class ProPos(BYOL):
             raise ConfigError(
                 "params.reassign_every_epochs and params.pseudo_label_n_init must be at least 1"
             )
-        # one k-means label per dataset sample, empty until the first assignment; kept on the CPU (the data
-        # thread's indices are CPU tensors) and saved through get_extra_state
+        # one k-means label per dataset sample, empty until the first assignment, saved through get_extra_state
         self.pseudo_labels = torch.empty(0, dtype=torch.int64)
+        # their copy on the training device (made at the first step that needs it): a batch's lookup then costs
+        # no host sync, and works whether its indices arrive on the CPU or, moved by DDP, on the GPU
+        self._device_labels: Tensor | None = None
 
     @property
     def clustering(self) -> bool:
@@ -131,7 +133,7 @@ class ProPos(BYOL):
             backend=self.cfg.kmeans.backend,
         )
         # every process computes the same labels from the same weights; rank 0's make sure of it
-        self.pseudo_labels = broadcast_(torch.from_numpy(result.labels).to(device)).cpu()
+        self._set_pseudo_labels(broadcast_(torch.from_numpy(result.labels).to(device)).cpu())
         sizes = np.bincount(self.pseudo_labels.numpy(), minlength=self.num_clusters)
         stats: dict[str, Any] = {"largest_cluster": round(float(sizes.max() / sizes.sum()), 4)}
         if dataset.labels is not None:
@@ -156,7 +158,7 @@ class ProPos(BYOL):
         if clustering:
             if indices is None:
                 raise RuntimeError("ProPos needs the batch's dataset indices: the loop must pass indices")
-            labels = all_gather_with_grad(self.pseudo_labels[indices].to(proj_a.device))
+            labels = all_gather_with_grad(self._batch_labels(indices, proj_a.device))
             online_a, online_b = (all_gather_with_grad(F.normalize(z, dim=1)) for z in (proj_a, proj_b))
             target_a, target_b = (all_gather_with_grad(F.normalize(z, dim=1)) for z in (target_a, target_b))
             k = self.num_clusters
@@ -187,8 +189,18 @@ class ProPos(BYOL):
             groups.append({**group, "params": mine, "lr_scale": self.params.predictor_lr_scale})
         return groups
 
+    def _set_pseudo_labels(self, labels: Tensor) -> None:
+        self.pseudo_labels = labels
+        self._device_labels = None
+
+    def _batch_labels(self, indices: Tensor, device: torch.device) -> Tensor:
+        """The pseudo-labels of the batch's dataset ``indices``, on ``device``."""
+        if self._device_labels is None or self._device_labels.device != device:
+            self._device_labels = self.pseudo_labels.to(device)
+        return self._device_labels[indices.to(device, non_blocking=True)]
+
     def get_extra_state(self) -> dict[str, Tensor]:
         return {"pseudo_labels": self.pseudo_labels}
 
     def set_extra_state(self, state: dict[str, Tensor]) -> None:
-        self.pseudo_labels = state["pseudo_labels"].cpu()
+        self._set_pseudo_labels(state["pseudo_labels"].cpu())
