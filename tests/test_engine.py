@@ -307,22 +307,22 @@ def test_unknown_device_and_resume_without_checkpoint_are_user_errors(tmp_path: 
             train(tiny_config("simclr", "device=cuda"), RunDir(tmp_path / "c").create())
 
 
+def train_ddp_on_digits(method: str, out: Path, *settings: str) -> subprocess.CompletedProcess:
+    """`deepclust train` of ``method`` on digits in two gloo CPU processes (batch 32 each, 3 steps); checks
+    that it succeeded."""
+    command = [sys.executable, "-m", "deepclust.cli", "train", "--method", method, "--dataset", "digits"]
+    options = ["--device", "cpu", "--out", str(out), *TINY, "optim.batch_size=32", "train.devices=2"]
+    result = subprocess.run(
+        [*command, *options, "train.max_steps=3", *settings], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 def test_ddp_on_cpu_with_two_processes(tmp_path: Path) -> None:
     """`train.devices=2` on CPU: Fabric launches two gloo processes; rank 0 alone writes the run directory."""
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "deepclust.cli", "train", "--method", "simclr", "--dataset", "digits"]
-    options = [
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        *TINY,
-        "optim.batch_size=32",
-        "train.devices=2",
-        "train.max_steps=3",
-    ]
-    result = subprocess.run([*command, *options], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = train_ddp_on_digits("simclr", out)
     events = RunDir(out).read_log()
     starts = [e for e in events if e["event"] == "start"]
     assert len(starts) == 1 and starts[0]["world_size"] == 2

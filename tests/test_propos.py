@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_engine import TINY, tiny_config, train_interrupted, train_steps
+from test_engine import tiny_config, train_ddp_on_digits, train_interrupted, train_steps
 from test_methods import BATCH, images, make_method
 
 from deepclust.data import ArrayDataset
@@ -172,16 +170,9 @@ def test_ddp_pseudo_labels_and_scattering_on_two_cpu_processes(tmp_path: Path) -
     broadcast), then train the scattering term over the gathered batch; rank 0 alone logs. (That the gathered
     loss and its gradients equal one process's on the global batch is tests/test_distributed.py's check.)"""
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "deepclust.cli", "train", "--method", "propos", "--dataset", "digits"]
-    options = ["--device", "cpu", "--out", str(out), *TINY, "optim.batch_size=32", "train.devices=2"]
-    options += [
-        "train.max_steps=3",
-        "params.warmup_epochs=0",
-        "params.hidden_dim=32",
-        "params.projection_dim=16",
-    ]
-    result = subprocess.run([*command, *options], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    train_ddp_on_digits(
+        "propos", out, "params.warmup_epochs=0", "params.hidden_dim=32", "params.projection_dim=16"
+    )
     events = RunDir(out).read_log()
     assert [e["epoch"] for e in events if e["event"] == "epoch_start"] == [0]
     trained = [e for e in events if e["event"] == "train"]
