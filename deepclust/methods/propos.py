@@ -40,7 +40,7 @@ from deepclust.evaluation.readout import extract
 from deepclust.losses import byol_loss, prototype_scattering_loss
 from deepclust.methods.byol import BYOL, BYOLConfig
 from deepclust.methods.common import readout_outputs
-from deepclust.models.ema import cosine_momentum, ema_update_
+from deepclust.models.ema import ema_update_
 
 MOMENTUM_SCHEDULES = ("constant", "cosine")
 
@@ -134,10 +134,11 @@ class ProPos(BYOL):
         )
         # every process computes the same labels from the same weights; rank 0's make sure of it
         self._set_pseudo_labels(broadcast_(torch.from_numpy(result.labels).to(device)).cpu())
-        sizes = np.bincount(self.pseudo_labels.numpy(), minlength=self.num_clusters)
+        labels = self.pseudo_labels.numpy()
+        sizes = np.bincount(labels, minlength=self.num_clusters)
         stats: dict[str, Any] = {"largest_cluster": round(float(sizes.max() / sizes.sum()), 4)}
         if dataset.labels is not None:
-            stats["pseudo_label_acc"] = round(evaluate_clustering(dataset.labels, result.labels)["acc"], 4)
+            stats["pseudo_label_acc"] = round(evaluate_clustering(dataset.labels, labels)["acc"], 4)
         return stats
 
     def forward(self, images: Tensor, indices: Tensor | None = None) -> dict[str, Tensor]:
@@ -173,10 +174,10 @@ class ProPos(BYOL):
 
     def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
         """EMA update of the target: constant momentum (the authors' code) or BYOL's cosine schedule."""
-        p = self.params
-        if p.momentum_schedule == "cosine":
-            self.momentum = cosine_momentum(step, total_steps, p.base_momentum)
-        ema_update_(self.target, self._online_encoder(), self.momentum)
+        if self.params.momentum_schedule == "cosine":
+            super().on_after_optimizer_step(step, total_steps)
+        else:
+            ema_update_(self.target, self._online_encoder(), self.momentum)
 
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """BYOL's groups, with the predictor's parameters in groups of their own at ``predictor_lr_scale``."""
