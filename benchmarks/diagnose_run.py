@@ -11,7 +11,10 @@ On the features and soft assignments of the run's last checkpoint (evaluation vi
 * **confident core**: for each fraction f, the f most confident images of every cluster (by the head's maximum
   probability), and the share of them that carry the label Hungarian matching gives their cluster. This is the
   purity a self-labelling stage would start from.
-* **neighbour vote**: every image takes the majority head cluster among its k cosine nearest neighbours.
+* **neighbour vote**: every image takes the cluster of the largest mean head probability among its k cosine
+  nearest neighbours (the ``neighbour_vote`` read-out, ``train.neighbour_vote=k``). With ``--pixels`` also with
+  the neighbours in the centred raw pixels, and in both spaces joined (unit-length features and pixels side by
+  side).
 * **flip test-time augmentation**: the head on the mirrored images, and on the mean of the two probabilities.
 * **k-means on the features** with each backend, on raw and on L2-normalised features: inertia and metrics.
 * the head's confusion matrix, columns ordered by the Hungarian matching.
@@ -40,7 +43,7 @@ from deepclust.data import load_dataset
 from deepclust.engine.run_dir import RunDir
 from deepclust.evaluation import evaluate_clustering, hungarian_match, kmeans
 from deepclust.evaluation.kmeans import faiss_available
-from deepclust.evaluation.neighbours import nearest_neighbours
+from deepclust.evaluation.neighbours import neighbour_vote
 from deepclust.evaluation.readout import extract
 from deepclust.methods.kmeans import pixel_features
 from deepclust.methods.pretrained import load_pretrained_method
@@ -54,6 +57,11 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> flo
     scaler = StandardScaler().fit(train_x)
     probe = LogisticRegression(max_iter=1000).fit(scaler.transform(train_x), train_y)
     return float(probe.score(scaler.transform(test_x), test_y))
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Every row scaled to unit length, so that concatenated spaces weigh alike in the cosine."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def confident_core(probs: np.ndarray, labels: np.ndarray, fractions: list[float]) -> dict[str, float]:
@@ -133,14 +141,18 @@ def main() -> None:
             "agreement": float((mirrored_probs.argmax(1) == head).mean()),
         }
         print("flip test-time augmentation:", result["flip"])
+        spaces = {"features": features}
+        if args.pixels:
+            pixels = pixel_features(dataset)
+            pixels -= pixels.mean(axis=0)
+            spaces["pixels"] = pixels
+            spaces["features+pixels"] = np.concatenate([unit_rows(features), unit_rows(pixels)], axis=1)
         result["neighbour_vote"] = {}
-        for k in args.neighbours:
-            votes = np.eye(probs.shape[1])[head][nearest_neighbours(features, k)].sum(1).argmax(1)
-            result["neighbour_vote"][str(k)] = evaluate_clustering(labels, votes)
-            print(
-                f"vote of {k} neighbours:",
-                {m: round(v, 4) for m, v in result["neighbour_vote"][str(k)].items()},
-            )
+        for space, points in spaces.items():
+            for k in args.neighbours:
+                scores = evaluate_clustering(labels, neighbour_vote(probs, points, k))
+                result["neighbour_vote"][f"{space}, {k}"] = scores
+                print(f"vote of {k} neighbours in {space}:", {m: round(v, 4) for m, v in scores.items()})
         mapping = hungarian_match(labels, head)
         order = sorted(mapping, key=lambda cluster: mapping[cluster])
         confusion = np.zeros((dataset.num_classes or labels.max() + 1, probs.shape[1]), dtype=int)

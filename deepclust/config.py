@@ -99,6 +99,9 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     collapse_warning_fraction: float = 0.5  # warn when one cluster takes more than this share of the samples
+    # > 0: evaluations also report read-out `neighbour_vote`, the cluster head smoothed over every sample's
+    # this many nearest neighbours in feature space (methods with a cluster head; 0 = off)
+    neighbour_vote: int = 0
 
 
 @dataclass
@@ -251,6 +254,10 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.optim.schedule_over == "time" and budget is None:
         raise ConfigError(
             "optim.schedule_over=time schedules over the time budget: set --time-budget MINUTES"
+        )
+    if cfg.train.neighbour_vote < 0:
+        raise ConfigError(
+            f"train.neighbour_vote must be 0 (off) or a number of neighbours, got {cfg.train.neighbour_vote}"
         )
     if cfg.kmeans.n_init < 1:
         raise ConfigError(f"kmeans.n_init must be at least 1, got {cfg.kmeans.n_init}")

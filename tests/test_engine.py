@@ -132,6 +132,20 @@ def test_training_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert checkpoint["loop"]["step"] == 2 * (1797 // 64)
 
 
+def test_neighbour_vote_read_out(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run").create()
+    cfg = tiny_config("cc", "train.max_steps=3", "train.neighbour_vote=5")
+    metrics = train(cfg, run)
+    assert set(metrics["readouts"]) == {"head", "kmeans", "neighbour_vote"}
+    assert metrics["primary"] == "head"
+    clusters, labels, _ = run.read_assignments()
+    assert labels is not None and len(clusters["neighbour_vote"]) == len(labels)
+    with pytest.raises(ConfigError, match="neighbour_vote"):
+        tiny_config("cc", "train.neighbour_vote=-1")
+    with pytest.raises(ConfigError, match="fewer neighbours than the 1797 samples"):
+        Trainer(tiny_config("cc", "train.neighbour_vote=1797"), RunDir(tmp_path / "big").create())
+
+
 def test_resume_reproduces_the_uninterrupted_loss_trajectory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,7 +17,7 @@ from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import train
 from deepclust.errors import ConfigError, UserError
 from deepclust.evaluation import neighbours as neighbours_module
-from deepclust.evaluation.neighbours import nearest_neighbours, neighbour_accuracy
+from deepclust.evaluation.neighbours import nearest_neighbours, neighbour_accuracy, neighbour_vote
 from deepclust.losses import confident_self_label_loss, neighbour_consistency, top_per_cluster_self_label_loss
 from deepclust.methods import method_class
 
@@ -67,6 +67,33 @@ def test_nearest_neighbours_by_cosine(monkeypatch: pytest.MonkeyPatch, use_faiss
     assert neighbour_accuracy(found, labels) == pytest.approx(np.mean(labels[found] == labels[:, None]))
     with pytest.raises(UserError, match="neighbours"):
         nearest_neighbours(points, 6)
+
+
+def test_neighbour_vote_averages_the_neighbours_probabilities() -> None:
+    # two groups of directions: 0°, 4°, 8°, 12° and 90°, 94°, 98°
+    angles = np.radians([0.0, 4.0, 8.0, 12.0, 90.0, 94.0, 98.0])
+    points = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    probs = np.array(
+        [
+            [0.55, 0.45],
+            [0.55, 0.45],
+            [0.0, 1.0],  # the head puts 8° with the other group; its neighbours 4° and 12° say otherwise
+            [0.9, 0.1],
+            [0.2, 0.8],
+            [0.3, 0.7],
+            [0.1, 0.9],
+        ]
+    )
+    # k = 2: 8° averages 4° and 12°: (0.725, 0.275) -> 0; 0°, 4° and 12° each average a (0.55, 0.45)
+    # neighbour with 8°'s (0, 1): (0.275, 0.725) -> 1, where hard votes would tie
+    votes = neighbour_vote(probs, points, 2)
+    assert votes.tolist() == [1, 1, 0, 1, 1, 1, 1]
+    # k = 3 on 0°: 4°, 8° and 12°: (0.4833, 0.5167) -> 1, where two of three hard votes say 0
+    assert neighbour_vote(probs, points, 3)[0] == 1
+    with pytest.raises(ValueError, match="rows"):
+        neighbour_vote(probs[:5], points, 2)
+    with pytest.raises(UserError, match="neighbours"):
+        neighbour_vote(probs, points, 7)
 
 
 def test_scan_needs_a_pretrained_backbone_or_pixel_neighbours(tmp_path: Path) -> None:

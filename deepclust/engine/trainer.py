@@ -155,6 +155,11 @@ class Trainer:
                 )
             return batches
 
+        if cfg.train.neighbour_vote >= len(self.dataset):
+            raise ConfigError(
+                f"train.neighbour_vote={cfg.train.neighbour_vote}: the vote needs fewer neighbours than the "
+                f"{len(self.dataset)} samples"
+            )
         self.batches = batches_of(self.dataset)
         self.extra_batches = None if extra_dataset is None else batches_of(extra_dataset)
         self.steps_per_epoch = len(self.batches) + (len(self.extra_batches) if self.extra_batches else 0)
@@ -468,7 +473,12 @@ class Trainer:
                     self.method, self.dataset, self.fabric.device, autocast=self.fabric.autocast
                 )
                 result = compute_readouts(
-                    outputs, self.dataset.labels, self.num_clusters, self.cfg.kmeans, self.cfg.seed
+                    outputs,
+                    self.dataset.labels,
+                    self.num_clusters,
+                    self.cfg.kmeans,
+                    self.cfg.seed,
+                    neighbour_vote_k=self.cfg.train.neighbour_vote,
                 )
             metrics = self._write_evaluation(result)
         self.fabric.barrier()

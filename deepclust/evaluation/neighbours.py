@@ -1,7 +1,8 @@
 """Nearest neighbours by cosine similarity: faiss when installed (exact inner-product search), else scikit-learn.
 
 SCAN (Van Gansbeke et al., ECCV 2020, Sec. 2.1) mines each sample's K nearest neighbours in the space of a
-pretext model and reports their *accuracy*: the share of neighbours with the sample's own label. Both are here.
+pretext model and reports their *accuracy*: the share of neighbours with the sample's own label. Both are here,
+and the neighbour vote that smooths a cluster head's assignments over them.
 """
 
 from __future__ import annotations
@@ -46,3 +47,15 @@ def nearest_neighbours(features: np.ndarray | torch.Tensor, k: int) -> np.ndarra
 def neighbour_accuracy(neighbours: np.ndarray, labels: np.ndarray) -> float:
     """Share of the mined neighbours that have their anchor's label (SCAN's neighbour accuracy)."""
     return float((labels[neighbours] == labels[:, None]).mean())
+
+
+def neighbour_vote(probs: np.ndarray, features: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
+    """Every sample's cluster by a vote of its ``k`` cosine nearest neighbours in feature space.
+
+    The sample takes the cluster of the largest mean head probability over its neighbours (itself excluded): a
+    transductive smoothing of the head's argmax that uses no labels. Samples the head places alone in a region
+    of the feature space move to the cluster around them.
+    """
+    if len(probs) != len(features):
+        raise ValueError(f"{len(probs)} rows of probabilities for {len(features)} rows of features")
+    return probs[nearest_neighbours(features, k)].mean(axis=1).argmax(axis=1)

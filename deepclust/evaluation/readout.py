@@ -1,4 +1,5 @@
-"""Read-outs of a trained method: k-means on its features and, when it has one, the argmax of its cluster head."""
+"""Read-outs of a trained method: k-means on its features and, when it has one, the argmax of its cluster head
+(optionally also smoothed by a vote of each sample's nearest neighbours)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from deepclust.data import ArrayDataset
 from deepclust.engine.data import eval_batches
 from deepclust.evaluation.kmeans import kmeans
 from deepclust.evaluation.metrics import evaluate_clustering
+from deepclust.evaluation.neighbours import neighbour_vote
 
 
 @dataclass
@@ -58,9 +60,11 @@ def compute_readouts(
     num_clusters: int,
     kmeans_cfg: DictConfig,
     seed: int,
+    neighbour_vote_k: int = 0,
 ) -> ReadoutResult:
     """Read-out ``kmeans`` (on the raw features, as the papers do, or L2-normalised with ``kmeans.normalize``)
-    and ``head`` (argmax of ``probs``)."""
+    and ``head`` (argmax of ``probs``); with ``neighbour_vote_k > 0`` also ``neighbour_vote`` (the head's
+    probabilities averaged over each sample's ``neighbour_vote_k`` nearest neighbours in feature space)."""
     features = outputs["features"]
     result = kmeans(
         features,
@@ -76,6 +80,8 @@ def compute_readouts(
     if "probs" in outputs:
         clusters["head"] = outputs["probs"].argmax(axis=1)
         confidence = outputs["probs"].max(axis=1)
+        if neighbour_vote_k > 0:
+            clusters["neighbour_vote"] = neighbour_vote(outputs["probs"], features, neighbour_vote_k)
     metrics = (
         {name: evaluate_clustering(labels, pred) for name, pred in clusters.items()}
         if labels is not None
