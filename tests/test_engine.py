@@ -140,6 +140,12 @@ def test_neighbour_vote_read_out(tmp_path: Path) -> None:
     assert metrics["primary"] == "head"
     clusters, labels, _ = run.read_assignments()
     assert labels is not None and len(clusters["neighbour_vote"]) == len(labels)
+    with pytest.warns(UserWarning, match="no cluster head"):
+        metrics = train(
+            tiny_config("byol", "train.max_steps=1", "train.neighbour_vote=5"),
+            RunDir(tmp_path / "b").create(),
+        )
+    assert set(metrics["readouts"]) == {"kmeans"}
     with pytest.raises(ConfigError, match="neighbour_vote"):
         tiny_config("cc", "train.neighbour_vote=-1")
     with pytest.raises(ConfigError, match="fewer neighbours than the 1797 samples"):

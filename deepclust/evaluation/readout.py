@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,12 @@ def compute_readouts(
         confidence = outputs["probs"].max(axis=1)
         if neighbour_vote_k > 0:
             clusters["neighbour_vote"] = neighbour_vote(outputs["probs"], features, neighbour_vote_k)
+    elif neighbour_vote_k > 0:
+        warnings.warn(
+            "train.neighbour_vote: this method has no cluster head to smooth, so there is no neighbour_vote "
+            "read-out",
+            stacklevel=2,
+        )
     metrics = (
         {name: evaluate_clustering(labels, pred) for name, pred in clusters.items()}
         if labels is not None
