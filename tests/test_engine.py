@@ -281,6 +281,14 @@ def test_time_budget_stops_early_then_evaluates(tmp_path: Path) -> None:
     stop = next(e for e in run.read_log() if e["event"] == "stop")
     assert stop["reason"] == "time budget" and stop["step"] < 1000 * (1797 // 64)
     assert metrics["step"] == stop["step"] and (run.path / "assignments.csv").is_file()
+    # resuming a run whose budget is spent evaluates it again without training a further step
+    again = train(
+        tiny_config("simclr", "train.epochs=1000", "train.time_budget_minutes=0.05"), run, resume=True
+    )
+    assert again["step"] == stop["step"] and again["acc"] == metrics["acc"]
+    stops = [e for e in run.read_log() if e["event"] == "stop"]
+    assert [e["step"] for e in stops] == [stop["step"], stop["step"]]
+    assert not [e for e in run.read_log() if e["event"] == "train" and e["step"] > stop["step"]]
 
 
 @pytest.mark.parametrize("over", ["time", "auto"])

@@ -273,10 +273,11 @@ class Trainer:
         task = progress.add_task("training", total=self.total_steps, completed=state.step, status="")
         session_start = time.perf_counter() - state.elapsed_s
         window = {"start": time.perf_counter(), "data": 0.0, "steps": 0}
-        stop_reason = "epochs"
+        # a run resumed after its budget ran out is only evaluated again, not trained a step further
+        stop_reason = "time budget" if state.elapsed_s >= budget_s else "epochs"
         images_per_step = cfg.optim.batch_size * self.fabric.world_size
         with progress:
-            while state.step < self.total_steps:
+            while stop_reason == "epochs" and state.step < self.total_steps:
                 if state.batch == 0:
                     # training time (it counts in the budget), but not part of the throughput window
                     window["start"] += self._epoch_start()
