@@ -106,8 +106,9 @@ def main() -> None:
     print(f"{args.run}: {len(labels):,} images, {features.shape[1]}-d features")
 
     result["linear_probe"] = {"features": linear_probe(features, labels, cfg.seed)}
-    if args.pixels:
-        result["linear_probe"]["pixels"] = linear_probe(pixel_features(dataset), labels, cfg.seed)
+    pixels = pixel_features(dataset) if args.pixels else None
+    if pixels is not None:
+        result["linear_probe"]["pixels"] = linear_probe(pixels, labels, cfg.seed)
     print("linear probe accuracy:", result["linear_probe"])
 
     backends = ["faiss", "sklearn"] if faiss_available() else ["sklearn"]
@@ -142,11 +143,10 @@ def main() -> None:
         }
         print("flip test-time augmentation:", result["flip"])
         spaces = {"features": features}
-        if args.pixels:
-            pixels = pixel_features(dataset)
-            pixels -= pixels.mean(axis=0)
-            spaces["pixels"] = pixels
-            spaces["features+pixels"] = np.concatenate([unit_rows(features), unit_rows(pixels)], axis=1)
+        if pixels is not None:
+            centred = pixels - pixels.mean(axis=0)
+            spaces["pixels"] = centred
+            spaces["features+pixels"] = np.concatenate([unit_rows(features), unit_rows(centred)], axis=1)
         result["neighbour_vote"] = {}
         for space, points in spaces.items():
             for k in args.neighbours:
