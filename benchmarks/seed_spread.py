@@ -13,21 +13,23 @@ runs, and its row says how many.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
+from deepclust.engine.run_dir import RunDir
+from deepclust.errors import UserError
+
 METRICS = ("acc", "nmi", "ari")
 
 
-def read_metrics(run: Path) -> dict[str, dict[str, float]]:
-    """The read-outs of a finished run: ``{read-out: {metric: value}}``."""
-    path = run / "metrics.json"
-    if not path.is_file():
-        print(f"{run}: no metrics.json (not a finished run directory)", file=sys.stderr)
-        raise SystemExit(2)
-    return json.loads(path.read_text())["readouts"]
+def read_readouts(run: Path) -> dict[str, dict[str, float]]:
+    """The read-outs of an evaluated run: ``{read-out: {metric: value}}``; one line and exit 2 if it is not one."""
+    try:
+        return RunDir.open_existing(run).read_metrics()["readouts"]
+    except UserError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def spread(values: list[float]) -> str:
@@ -46,7 +48,7 @@ def main() -> None:
     )
     parser.add_argument("runs", nargs="+", type=Path, help="run directories of the same config")
     args = parser.parse_args()
-    per_run = [read_metrics(run) for run in args.runs]
+    per_run = [read_readouts(run) for run in args.runs]
     names = sorted({name for readouts in per_run for name in readouts})
     print("| read-out | runs | ACC | NMI | ARI |")
     print("|---|---|---|---|---|")
