@@ -18,6 +18,8 @@ On the features and soft assignments of the run's last checkpoint (evaluation vi
 * **flip test-time augmentation**: the head on the mirrored images, and on the mean of the two probabilities.
 * **k-means on the features** with each backend, on raw and on L2-normalised features: inertia and metrics.
 * the head's confusion matrix, columns ordered by the Hungarian matching.
+* with several cluster heads (``params.num_heads``, CC and SCAN): every head's metrics and running loss, and
+  which one the method reads out (the lowest running loss), to check that rule against the labels.
 
 Writes ``<run>/diagnosis.json`` (or ``--out``) with the machine and the date, and prints the figures.
 """
@@ -29,6 +31,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ from sklearn.preprocessing import StandardScaler
 
 from deepclust.data import load_dataset
 from deepclust.engine.run_dir import RunDir
+from deepclust.errors import UserError
 from deepclust.evaluation import evaluate_clustering, hungarian_match, kmeans
 from deepclust.evaluation.kmeans import faiss_available
 from deepclust.evaluation.neighbours import neighbour_vote
@@ -96,7 +100,7 @@ def main() -> None:
     num_clusters = next(int(e["num_clusters"]) for e in run.read_log() if e["event"] == "start")
     dataset = load_dataset(cfg.data.name, cfg.data.split, cfg.data.root, image_size=cfg.data.image_size)
     if dataset.labels is None:
-        raise SystemExit(f"{cfg.data.name} has no labels to diagnose against")
+        raise UserError(f"{cfg.data.name} has no labels to diagnose against")
     labels = dataset.labels
     method = load_pretrained_method(str(args.run), cfg.data, dataset.image_shape, None)
     started = time.perf_counter()
@@ -153,6 +157,19 @@ def main() -> None:
                 scores = evaluate_clustering(labels, neighbour_vote(probs, points, k))
                 result["neighbour_vote"][f"{space}, {k}"] = scores
                 print(f"vote of {k} neighbours in {space}:", {m: round(v, 4) for m, v in scores.items()})
+        heads = getattr(method, "cluster_heads", [])
+        if len(heads) > 1:
+            inputs, running = torch.from_numpy(features), method.head_losses.tolist()
+            result["heads"] = []
+            for index, cluster_head in enumerate(heads):
+                with torch.no_grad():  # argmax of logits (SCAN) or of probabilities (CC): the same clusters
+                    scores = evaluate_clustering(labels, cluster_head(inputs).argmax(1).numpy())
+                chosen = index == method.best_head
+                result["heads"].append({"running_loss": running[index], "read_out": chosen, **scores})
+                print(
+                    f"head {index}{' (read out)' if chosen else ''}: running loss {running[index]:.4f},",
+                    {m: round(v, 4) for m, v in scores.items()},
+                )
         mapping = hungarian_match(labels, head)
         order = sorted(mapping, key=lambda cluster: mapping[cluster])
         confusion = np.zeros((dataset.num_classes or labels.max() + 1, probs.shape[1]), dtype=int)
@@ -175,4 +192,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as error:  # a path that is not a run, a dataset without labels: one line, exit 2
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,14 +1,18 @@
-"""The benchmark scripts that summarise finished runs: their tables and their one-line errors."""
+"""The benchmark scripts that summarise finished runs: their tables, their figures and their one-line errors."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from deepclust.config import build_config
+from deepclust.engine.checkpoint import load_checkpoint
 from deepclust.engine.run_dir import RunDir
+from deepclust.engine.trainer import train
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -20,12 +24,13 @@ def _run(tmp_path: Path, name: str, readouts: dict[str, dict[str, float]]) -> Pa
     return run.path
 
 
-def _seed_spread(*runs: Path) -> subprocess.CompletedProcess[str]:
+def _script(name: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/<name>`` with ``args`` in a fresh interpreter, as a user would."""
     return subprocess.run(
-        [sys.executable, str(SCRIPTS / "seed_spread.py"), *map(str, runs)],
+        [sys.executable, str(SCRIPTS / name), *map(str, args)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
 
 
@@ -36,7 +41,7 @@ def test_seed_spread_gives_mean_std_and_range_per_read_out(tmp_path: Path) -> No
         {"head": {"acc": 0.7, "nmi": 0.6, "ari": 0.5}, "vote": {"acc": 0.75, "nmi": 0.65, "ari": 0.55}},
     )
     second = _run(tmp_path, "b", {"head": {"acc": 0.8, "nmi": 0.6, "ari": 0.3}})
-    result = _seed_spread(first, second)
+    result = _script("seed_spread.py", first, second)
     assert result.returncode == 0, result.stderr
     rows = result.stdout.splitlines()
     # sample standard deviation of 0.7 and 0.8 is 0.1 / √2
@@ -48,6 +53,32 @@ def test_seed_spread_rejects_a_directory_that_is_not_an_evaluated_run(tmp_path: 
     unevaluated = RunDir(tmp_path / "c").create()
     unevaluated.save_config(OmegaConf.create({"method": "cc"}))
     for bad in (tmp_path / "missing", tmp_path / "c"):
-        result = _seed_spread(bad)
+        result = _script("seed_spread.py", bad)
         assert result.returncode == 2
         assert len(result.stderr.strip().splitlines()) == 1 and str(bad) in result.stderr
+
+
+def test_diagnose_run_reports_every_cluster_head_and_the_one_read_out(tmp_path: Path) -> None:
+    """A three-head CC run on digits: one entry per head, and the read-out one is the head the run reports."""
+    run = RunDir(tmp_path / "cc").create()
+    tiny = ["model.width=8", "optim.batch_size=64", "train.progress=false", "kmeans.n_init=1"]
+    overrides = [*tiny, "params.num_heads=3", "train.max_steps=3"]
+    cfg = build_config(method="cc", dataset="digits", overrides=overrides)
+    run.save_config(cfg)
+    train(cfg, run)
+    out = tmp_path / "diagnosis.json"
+    result = _script("diagnose_run.py", run.path, "--neighbours", "5", "--out", out)
+    assert result.returncode == 0, result.stderr
+    diagnosis = json.loads(out.read_text())
+    running = load_checkpoint(run.checkpoint_dir / "last.pt")["method"]["head_losses"].tolist()
+    assert [head["running_loss"] for head in diagnosis["heads"]] == running
+    chosen = [index for index, head in enumerate(diagnosis["heads"]) if head["read_out"]]
+    assert chosen == [min(range(3), key=running.__getitem__)]
+    read_out = diagnosis["heads"][chosen[0]]
+    assert {m: read_out[m] for m in ("acc", "nmi", "ari")} == diagnosis["head"]
+
+
+def test_diagnose_run_rejects_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
+    result = _script("diagnose_run.py", tmp_path / "missing")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "missing" in result.stderr

@@ -278,9 +278,63 @@ def test_cc_instance_only_is_the_instance_loss_and_leaves_the_cluster_head_witho
     assert method.supports_instance_only and not method_class("simclr").supports_instance_only
 
 
-def test_cc_rejects_unknown_entropy_variant() -> None:
-    with pytest.raises(ConfigError, match="entropy_variant"):
-        make_method("cc", "params.entropy_variant=both")
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("params.entropy_variant=both", "entropy_variant"),
+        ("params.num_heads=0", "num_heads"),
+        ("params.head_loss_momentum=1.0", "head_loss_momentum"),
+    ],
+)
+def test_cc_rejects_bad_settings(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_method("cc", override)
+
+
+def test_cc_heads_minimise_their_mean_loss_and_read_out_the_lowest() -> None:
+    """Three cluster heads: the loss is L_ins plus the mean of their L_clu, each head's running loss follows
+    its own L_clu, and the read-out and the logged parts are those of the head with the lowest one."""
+    method = make_method("cc", "params.num_heads=3", "params.head_loss_momentum=0.5").train()
+    assert method.best_head == 0  # no step yet: every running loss is NaN
+    view_a, view_b = fixed_views(method)
+    h_a, h_b = method.backbone(view_a), method.backbone(view_b)
+    z_a = F.normalize(method.instance_head(h_a), dim=1)
+    z_b = F.normalize(method.instance_head(h_b), dim=1)
+    instance = nt_xent(z_a, z_b, 0.5).detach()
+    clusters, entropies = [], []
+    for head in method.cluster_heads:
+        c_a, c_b = head(h_a), head(h_b)
+        clusters.append(cluster_contrastive_loss(c_a, c_b, 1.0).detach())
+        entropies.append(cc_entropy_term(c_a, c_b).detach())
+    by_hand = torch.stack(clusters) + torch.stack(entropies)
+    assert len(set(by_hand.tolist())) == 3  # the heads start from different weights
+
+    losses = method(images())
+    torch.testing.assert_close(losses["loss"].detach(), instance + by_hand.mean())
+    torch.testing.assert_close(method.head_losses, by_hand)  # the first step sets them
+    best = int(by_hand.argmin())
+    assert method.best_head == best
+    torch.testing.assert_close(losses["cluster"].detach(), clusters[best])
+    torch.testing.assert_close(losses["entropy"].detach(), entropies[best])
+    method.head_losses.zero_()
+    method(images())  # the same views and weights again: momentum 0.5 moves the running losses half-way
+    torch.testing.assert_close(method.head_losses, 0.5 * by_hand)
+
+    method.head_losses.copy_(torch.tensor([0.5, -1.0, 0.2]))
+    assert method.best_head == 1
+    torch.testing.assert_close(method.cluster_probs(h_a), method.cluster_heads[1](h_a))
+    assert torch.equal(method.state_dict()["head_losses"], torch.tensor([0.5, -1.0, 0.2]))
+
+
+def test_cc_head_zero_is_the_single_head() -> None:
+    """One head keeps the single-head checkpoint keys; with more, head 0 starts from the same weights."""
+    single, multi = make_method("cc"), make_method("cc", "params.num_heads=2")
+    added = set(multi.state_dict()) - set(single.state_dict())
+    assert set(single.state_dict()) < set(multi.state_dict())
+    assert added and all(k.startswith(("extra_cluster_heads.", "head_losses")) for k in added)
+    for a, b in zip(single.cluster_head.parameters(), multi.cluster_head.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert len(multi.cluster_heads) == 2
 
 
 # ---------------------------------------------------------------------------------------------- DDP

@@ -4,7 +4,9 @@ Instance head ``g_I``: Linear → ReLU → Linear(128), L2-normalised, NT-Xent a
 ``g_C``: Linear → ReLU → Linear(K) → softmax; the columns of the two views' N×K assignment matrices are
 contrasted at ``τ_C``, plus an entropy term on the cluster marginals that prevents collapse into one cluster.
 Neither head has BatchNorm, and each view goes through the network separately, as in the authors' code. The
-cluster read-out is the argmax of ``g_C``. See docs/methods/cc.md.
+cluster read-out is the argmax of ``g_C``. With ``params.num_heads > 1`` several cluster heads are trained side
+by side on the same backbone, their mean cluster loss is minimised, and the head with the lowest running cluster
+loss is read out (as SCAN's code and IIC's sub-heads do; not in the CC paper). See docs/methods/cc.md.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import Tensor
+from torch import Tensor, nn
 
 from deepclust.errors import ConfigError
 from deepclust.losses import cc_entropy_term, cluster_contrastive_loss, nt_xent
 from deepclust.losses.cluster_contrast import ENTROPY_VARIANTS
-from deepclust.methods.common import BackboneMethod
+from deepclust.methods.common import BackboneMethod, lowest_running_loss, update_running_losses
 from deepclust.models import ClusterHead, mlp
 
 
@@ -37,6 +40,10 @@ class CCConfig:
         entropy_variant: "code" (each view's marginal normalised separately, ``+ log K`` per view; what the
             authors' code does and what they acknowledge as correct, CC issue #4) or "paper" (H(Y) as
             printed: both views' cluster masses normalised by their joint total, no ``log K``).
+        num_heads: cluster heads ``g_C`` trained side by side (paper and code: one). The objective takes the
+            mean of their cluster losses, so one head or several weigh the same against ``L_ins``.
+        head_loss_momentum: momentum of each head's running cluster loss (contrast plus weighted entropy
+            term), the exponential average over training steps whose lowest value picks the read-out head.
     """
 
     instance_dim: int = 128
@@ -45,6 +52,8 @@ class CCConfig:
     cluster_temperature: float = 1.0
     entropy_weight: float = 1.0
     entropy_variant: str = "code"
+    num_heads: int = 1
+    head_loss_momentum: float = 0.99
 
 
 class ContrastiveClustering(BackboneMethod):
@@ -66,13 +75,35 @@ class ContrastiveClustering(BackboneMethod):
         if p.entropy_variant not in ENTROPY_VARIANTS:
             choices = ", ".join(ENTROPY_VARIANTS)
             raise ConfigError(f"params.entropy_variant must be one of {choices}; got {p.entropy_variant!r}")
+        if p.num_heads < 1:
+            raise ConfigError(f"params.num_heads must be at least 1, got {p.num_heads}")
+        if not 0.0 <= p.head_loss_momentum < 1.0:
+            raise ConfigError(f"params.head_loss_momentum must be in [0, 1), got {p.head_loss_momentum}")
         hidden = p.hidden_dim or self.feature_dim
         self.instance_head = mlp(self.feature_dim, hidden, p.instance_dim, num_layers=2, batch_norm=False)
+        # Head 0 keeps the single-head name and initialisation, so one-head checkpoints and runs are unchanged.
         self.cluster_head = ClusterHead(self.feature_dim, num_clusters, hidden_dim=hidden)
+        if p.num_heads > 1:
+            self.extra_cluster_heads = nn.ModuleList(
+                ClusterHead(self.feature_dim, num_clusters, hidden_dim=hidden) for _ in range(p.num_heads - 1)
+            )
+            # each head's running cluster loss (NaN until its first step); the lowest one is read out
+            self.register_buffer("head_losses", torch.full((p.num_heads,), float("nan")))
+
+    @property
+    def cluster_heads(self) -> list[ClusterHead]:
+        """Every cluster head ``g_C``, head 0 first."""
+        extra = list(self.extra_cluster_heads) if self.params.num_heads > 1 else []
+        return [self.cluster_head, *extra]
+
+    @property
+    def best_head(self) -> int:
+        """Index of the head that is read out: the one with the lowest running cluster loss."""
+        return int(lowest_running_loss(self.head_losses)) if self.params.num_heads > 1 else 0
 
     def cluster_probs(self, features: Tensor) -> Tensor:
-        """Soft assignments ``softmax(g_C(h))``, N×K (float32)."""
-        return self.cluster_head(features)
+        """Soft assignments ``softmax(g_C(h))`` of the read-out head, N×K (float32)."""
+        return self.cluster_heads[self.best_head](features)
 
     def forward(self, images: Tensor, instance_only: bool = False) -> dict[str, Tensor]:
         """``L = L_ins + L_clu`` (Li et al. 2021, Eq. 3, 6, 7), the entropy term weighted and per variant.
@@ -89,13 +120,21 @@ class ContrastiveClustering(BackboneMethod):
         instance = nt_xent(z_a, z_b, p.instance_temperature, gather=gather)
         if instance_only:
             return {"loss": instance, "instance": instance}
-        c_a, c_b = self.cluster_probs(h_a), self.cluster_probs(h_b)
-        cluster = cluster_contrastive_loss(c_a, c_b, p.cluster_temperature, gather=gather)
-        # The marginals of the global batch (gathering only the K cluster masses).
-        entropy = p.entropy_weight * cc_entropy_term(c_a, c_b, variant=p.entropy_variant, gather=gather)
+        clusters, entropies = [], []
+        for head in self.cluster_heads:
+            c_a, c_b = head(h_a), head(h_b)
+            clusters.append(cluster_contrastive_loss(c_a, c_b, p.cluster_temperature, gather=gather))
+            # The marginals of the global batch (gathering only the K cluster masses).
+            entropies.append(cc_entropy_term(c_a, c_b, variant=p.entropy_variant, gather=gather))
+        cluster, entropy = torch.stack(clusters), p.entropy_weight * torch.stack(entropies)
+        best = 0
+        if p.num_heads > 1:
+            update_running_losses(self.head_losses, cluster + entropy, p.head_loss_momentum)
+            best = lowest_running_loss(self.head_losses)
         return {
-            "loss": instance + cluster + entropy,
+            # the same sum as ``instance + (cluster + entropy).mean()``, in the one-head order of additions
+            "loss": instance + cluster.mean() + entropy.mean(),
             "instance": instance,
-            "cluster": cluster,
-            "entropy": entropy,
+            "cluster": cluster[best],
+            "entropy": entropy[best],
         }

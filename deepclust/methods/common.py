@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from deepclust.data.augment import ViewAugmenter
-from deepclust.distributed import is_distributed
+from deepclust.distributed import all_reduce_sum, is_distributed, world_size
 from deepclust.errors import ConfigError
 from deepclust.methods.base import Method
 from deepclust.models import Backbone, build_backbone
@@ -64,6 +64,21 @@ def readout_outputs(features: Tensor, probs: Tensor | None = None) -> dict[str, 
     if probs is not None:
         out["probs"] = probs.detach().float()
     return out
+
+
+@torch.no_grad()
+def update_running_losses(running: Tensor, losses: Tensor, momentum: float) -> None:
+    """Exponential average, in place, of each cluster head's loss over training steps (NaN entries of
+    ``running`` mean "no step yet" and take the first value). The step's losses are averaged over processes
+    first, so that every process reads out the same head."""
+    losses = all_reduce_sum(losses.detach().clone()) / world_size()
+    running.copy_(torch.where(torch.isnan(running), losses, momentum * running + (1 - momentum) * losses))
+
+
+def lowest_running_loss(running: Tensor) -> Tensor:
+    """0-d index of the head with the lowest running loss (head 0 before any step: NaN reads as ∞), on the
+    buffer's device, so that a training step can use it without waiting for the device."""
+    return torch.nan_to_num(running, nan=float("inf")).argmin()
 
 
 class BackboneMethod(Method):

@@ -25,13 +25,17 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from deepclust.data import ArrayDataset
-from deepclust.distributed import all_reduce_sum, world_size
 from deepclust.engine.checkpoint import load_checkpoint
 from deepclust.errors import ConfigError, UserError
 from deepclust.evaluation.neighbours import nearest_neighbours, neighbour_accuracy
 from deepclust.evaluation.readout import extract
 from deepclust.losses import cluster_entropy, neighbour_consistency
-from deepclust.methods.common import BackboneMethod, first_mismatch
+from deepclust.methods.common import (
+    BackboneMethod,
+    first_mismatch,
+    lowest_running_loss,
+    update_running_losses,
+)
 
 NEIGHBOUR_SPACES = ("features", "pixels")
 
@@ -129,15 +133,10 @@ class SCAN(BackboneMethod):
         # N×K mined neighbour indices, kept on the CPU for the data thread; saved through get_extra_state
         self.neighbours = torch.empty(0, p.num_neighbours, dtype=torch.int64)
 
-    def _best_head_index(self) -> Tensor:
-        """0-d index of the head with the lowest running loss (head 0 before any step: NaN reads as ∞), on the
-        buffer's device, so a training step can use it without waiting for the device."""
-        return torch.nan_to_num(self.head_losses, nan=float("inf")).argmin()
-
     @property
     def best_head(self) -> int:
         """Index of the head that is read out."""
-        return int(self._best_head_index())
+        return int(lowest_running_loss(self.head_losses))
 
     def cluster_probs(self, features: Tensor) -> Tensor:
         """``Φ(X) = softmax(W h + b)`` of the read-out head, N×K in float32."""
@@ -181,24 +180,13 @@ class SCAN(BackboneMethod):
             entropies.append(cluster_entropy(p_anchor, gather=self.gather))
         consistency, entropy = torch.stack(consistencies), torch.stack(entropies)
         head_losses = consistency - self.params.entropy_weight * entropy
-        self._track_head_losses(head_losses.detach())
-        best = self._best_head_index()
+        update_running_losses(self.head_losses, head_losses, self.params.head_loss_momentum)
+        best = lowest_running_loss(self.head_losses)
         return {
             "loss": head_losses.sum(),
             "consistency": consistency[best],
             "entropy": entropy[best],
         }
-
-    @torch.no_grad()
-    def _track_head_losses(self, losses: Tensor) -> None:
-        """Update the running loss of every head with this step's (averaged over processes, so that every
-        process reads out the same head)."""
-        losses = all_reduce_sum(losses.clone()) / world_size()
-        momentum = self.params.head_loss_momentum
-        running = self.head_losses
-        self.head_losses.copy_(
-            torch.where(torch.isnan(running), losses, momentum * running + (1 - momentum) * losses)
-        )
 
     def get_extra_state(self) -> dict[str, Tensor]:
         return {"neighbours": self.neighbours}
