@@ -22,7 +22,12 @@ from torch import Tensor, nn
 from deepclust.errors import ConfigError
 from deepclust.losses import cc_entropy_term, cluster_contrastive_loss, nt_xent
 from deepclust.losses.cluster_contrast import ENTROPY_VARIANTS
-from deepclust.methods.common import BackboneMethod, lowest_running_loss, update_running_losses
+from deepclust.methods.common import (
+    BackboneMethod,
+    lowest_running_loss,
+    running_head_losses,
+    update_running_losses,
+)
 from deepclust.models import ClusterHead, mlp
 
 
@@ -75,10 +80,7 @@ class ContrastiveClustering(BackboneMethod):
         if p.entropy_variant not in ENTROPY_VARIANTS:
             choices = ", ".join(ENTROPY_VARIANTS)
             raise ConfigError(f"params.entropy_variant must be one of {choices}; got {p.entropy_variant!r}")
-        if p.num_heads < 1:
-            raise ConfigError(f"params.num_heads must be at least 1, got {p.num_heads}")
-        if not 0.0 <= p.head_loss_momentum < 1.0:
-            raise ConfigError(f"params.head_loss_momentum must be in [0, 1), got {p.head_loss_momentum}")
+        head_losses = running_head_losses(p.num_heads, p.head_loss_momentum)
         hidden = p.hidden_dim or self.feature_dim
         self.instance_head = mlp(self.feature_dim, hidden, p.instance_dim, num_layers=2, batch_norm=False)
         # Head 0 keeps the single-head name and initialisation, so one-head checkpoints and runs are unchanged.
@@ -87,8 +89,8 @@ class ContrastiveClustering(BackboneMethod):
             self.extra_cluster_heads = nn.ModuleList(
                 ClusterHead(self.feature_dim, num_clusters, hidden_dim=hidden) for _ in range(p.num_heads - 1)
             )
-            # each head's running cluster loss (NaN until its first step); the lowest one is read out
-            self.register_buffer("head_losses", torch.full((p.num_heads,), float("nan")))
+            # each head's running cluster loss; the lowest one is read out
+            self.register_buffer("head_losses", head_losses)
 
     @property
     def cluster_heads(self) -> list[ClusterHead]:

@@ -66,6 +66,16 @@ def readout_outputs(features: Tensor, probs: Tensor | None = None) -> dict[str, 
     return out
 
 
+def running_head_losses(num_heads: int, momentum: float) -> Tensor:
+    """The running-loss buffer of ``num_heads`` cluster heads, NaN until their first step, after checking the
+    ``params.num_heads`` and ``params.head_loss_momentum`` settings (a :class:`ConfigError` if they are invalid)."""
+    if num_heads < 1:
+        raise ConfigError(f"params.num_heads must be at least 1, got {num_heads}")
+    if not 0.0 <= momentum < 1.0:
+        raise ConfigError(f"params.head_loss_momentum must be in [0, 1), got {momentum}")
+    return torch.full((num_heads,), float("nan"))
+
+
 @torch.no_grad()
 def update_running_losses(running: Tensor, losses: Tensor, momentum: float) -> None:
     """Exponential average, in place, of each cluster head's loss over training steps (NaN entries of

@@ -34,6 +34,7 @@ from deepclust.methods.common import (
     BackboneMethod,
     first_mismatch,
     lowest_running_loss,
+    running_head_losses,
     update_running_losses,
 )
 
@@ -119,17 +120,14 @@ class SCAN(BackboneMethod):
                 "SCAN mines neighbours with a pretrained backbone: set params.pretrained=RUN_DIR "
                 "(a finished simclr/byol/swav/cc run), or params.neighbour_space=pixels"
             )
-        if p.num_heads < 1:
-            raise ConfigError(f"params.num_heads must be at least 1, got {p.num_heads}")
-        if not 0.0 <= p.head_loss_momentum < 1.0:
-            raise ConfigError(f"params.head_loss_momentum must be in [0, 1), got {p.head_loss_momentum}")
+        head_losses = running_head_losses(p.num_heads, p.head_loss_momentum)
         if p.pretrained is not None:
             load_pretrained_backbone(self.backbone, p.pretrained)
         self.cluster_heads = nn.ModuleList(
             nn.Linear(self.feature_dim, num_clusters) for _ in range(p.num_heads)
         )
         # each head's running Λ (NaN until its first step); the lowest one is read out
-        self.register_buffer("head_losses", torch.full((p.num_heads,), float("nan")))
+        self.register_buffer("head_losses", head_losses)
         # N×K mined neighbour indices, kept on the CPU for the data thread; saved through get_extra_state
         self.neighbours = torch.empty(0, p.num_neighbours, dtype=torch.int64)
 
