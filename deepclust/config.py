@@ -102,6 +102,10 @@ class TrainConfig:
     # > 0: evaluations also report read-out `neighbour_vote`, the cluster head smoothed over every sample's
     # this many nearest neighbours in feature space (methods with a cluster head; 0 = off)
     neighbour_vote: int = 0
+    # true: evaluations also report read-out `head_balanced` (and `neighbour_vote_balanced` with the vote): the
+    # head's probabilities rescaled so that every cluster holds 1/K of the samples, for about equally frequent
+    # classes (methods with a cluster head)
+    balanced_readout: bool = False
 
 
 @dataclass

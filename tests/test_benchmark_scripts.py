@@ -24,6 +24,17 @@ def _run(tmp_path: Path, name: str, readouts: dict[str, dict[str, float]]) -> Pa
     return run.path
 
 
+TINY = ["model.width=8", "optim.batch_size=64", "train.progress=false", "kmeans.n_init=1"]
+
+
+def _trained_cc_run(tmp_path: Path, *overrides: str) -> tuple[RunDir, dict[str, dict[str, float]]]:
+    """A CC run on digits, 3 steps with a tiny network, and its read-outs."""
+    run = RunDir(tmp_path / "cc").create()
+    cfg = build_config(method="cc", dataset="digits", overrides=[*TINY, "train.max_steps=3", *overrides])
+    run.save_config(cfg)
+    return run, train(cfg, run)["readouts"]
+
+
 def _script(name: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
     """Run ``benchmarks/<name>`` with ``args`` in a fresh interpreter, as a user would."""
     return subprocess.run(
@@ -60,12 +71,7 @@ def test_seed_spread_rejects_a_directory_that_is_not_an_evaluated_run(tmp_path: 
 
 def test_diagnose_run_reports_every_cluster_head_and_the_one_read_out(tmp_path: Path) -> None:
     """A three-head CC run on digits: one entry per head, and the read-out one is the head the run reports."""
-    run = RunDir(tmp_path / "cc").create()
-    tiny = ["model.width=8", "optim.batch_size=64", "train.progress=false", "kmeans.n_init=1"]
-    overrides = [*tiny, "params.num_heads=3", "train.max_steps=3"]
-    cfg = build_config(method="cc", dataset="digits", overrides=overrides)
-    run.save_config(cfg)
-    train(cfg, run)
+    run, _ = _trained_cc_run(tmp_path, "params.num_heads=3")
     out = tmp_path / "diagnosis.json"
     result = _script("diagnose_run.py", run.path, "--neighbours", "5", "--out", out)
     assert result.returncode == 0, result.stderr
@@ -82,3 +88,35 @@ def test_diagnose_run_rejects_a_directory_that_is_not_a_run(tmp_path: Path) -> N
     result = _script("diagnose_run.py", tmp_path / "missing")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "missing" in result.stderr
+
+
+def test_reread_run_repeats_the_runs_read_outs_and_adds_the_requested_ones(tmp_path: Path) -> None:
+    run, trained = _trained_cc_run(tmp_path)
+    result = _script("reread_run.py", run.path, "--neighbour-vote", "5", "--balanced")
+    assert result.returncode == 0, result.stderr
+    reread = json.loads((run.path / "reread.json").read_text())
+    readouts = reread["readouts"]
+    assert set(readouts) == {"head", "kmeans", "neighbour_vote", "head_balanced", "neighbour_vote_balanced"}
+    for name in ("head", "kmeans"):
+        assert readouts[name] == trained[name]
+    assert reread["neighbour_vote"] == 5 and reread["balanced"] is True and reread["date"]
+    missing = _script("reread_run.py", tmp_path / "missing")
+    assert missing.returncode == 2
+    assert len(missing.stderr.strip().splitlines()) == 1 and "missing" in missing.stderr
+
+
+def test_fresh_heads_trains_new_heads_on_the_frozen_backbone(tmp_path: Path) -> None:
+    run, trained = _trained_cc_run(tmp_path)
+    result = _script("fresh_heads.py", run.path, "--views", "3", "--epochs", "2", "--heads", "2")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((run.path / "fresh_heads.json").read_text())
+    # the frozen backbone and the run's own head read as the run's evaluation did
+    assert record["run_head"] == trained["head"]
+    assert len(record["epochs"]) == 2 and all(len(scores) == 2 for scores in record["epochs"])
+    assert all(0.0 <= s["acc"] <= 1.0 for scores in record["epochs"] for s in scores)
+    byol = RunDir(tmp_path / "byol").create()
+    byol.save_config(build_config(method="byol", dataset="digits", overrides=TINY))
+    for bad, message in [(tmp_path / "missing", "missing"), (byol.path, "byol run")]:
+        failed = _script("fresh_heads.py", bad)
+        assert failed.returncode == 2
+        assert len(failed.stderr.strip().splitlines()) == 1 and message in failed.stderr

@@ -132,19 +132,25 @@ def test_training_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert checkpoint["loop"]["step"] == 2 * (1797 // 64)
 
 
-def test_neighbour_vote_read_out(tmp_path: Path) -> None:
+def test_neighbour_vote_and_balanced_read_outs(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run").create()
-    cfg = tiny_config("cc", "train.max_steps=3", "train.neighbour_vote=5")
+    cfg = tiny_config("cc", "train.max_steps=3", "train.neighbour_vote=5", "train.balanced_readout=true")
     metrics = train(cfg, run)
-    assert set(metrics["readouts"]) == {"head", "kmeans", "neighbour_vote"}
+    balanced = {"head_balanced", "neighbour_vote_balanced"}
+    assert set(metrics["readouts"]) == {"head", "kmeans", "neighbour_vote", *balanced}
     assert metrics["primary"] == "head"
     clusters, labels, _ = run.read_assignments()
-    assert labels is not None and len(clusters["neighbour_vote"]) == len(labels)
-    with pytest.warns(UserWarning, match="no cluster head"):
+    assert labels is not None
+    for name in ["neighbour_vote", *balanced]:
+        assert len(clusters[name]) == len(labels)
+    with pytest.warns(UserWarning, match="no cluster head") as warned:
         metrics = train(
-            tiny_config("byol", "train.max_steps=1", "train.neighbour_vote=5"),
+            tiny_config("byol", "train.max_steps=1", "train.neighbour_vote=5", "train.balanced_readout=true"),
             RunDir(tmp_path / "b").create(),
         )
+    assert {"neighbour_vote", "balanced_readout"} <= {
+        str(w.message).split(":")[0].removeprefix("train.") for w in warned
+    }
     assert set(metrics["readouts"]) == {"kmeans"}
     with pytest.raises(ConfigError, match="neighbour_vote"):
         tiny_config("cc", "train.neighbour_vote=-1")

@@ -480,6 +480,7 @@ class Trainer:
                     self.cfg.kmeans,
                     self.cfg.seed,
                     neighbour_vote_k=self.cfg.train.neighbour_vote,
+                    balanced=self.cfg.train.balanced_readout,
                 )
             metrics = self._write_evaluation(result)
         self.fabric.barrier()

@@ -49,6 +49,13 @@ def neighbour_accuracy(neighbours: np.ndarray, labels: np.ndarray) -> float:
     return float((labels[neighbours] == labels[:, None]).mean())
 
 
+def neighbour_vote_probs(probs: np.ndarray, features: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
+    """Every sample's head probabilities averaged over its ``k`` cosine nearest neighbours (itself excluded)."""
+    if len(probs) != len(features):
+        raise ValueError(f"{len(probs)} rows of probabilities for {len(features)} rows of features")
+    return probs[nearest_neighbours(features, k)].mean(axis=1)
+
+
 def neighbour_vote(probs: np.ndarray, features: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
     """Every sample's cluster by a vote of its ``k`` cosine nearest neighbours in feature space.
 
@@ -56,6 +63,4 @@ def neighbour_vote(probs: np.ndarray, features: np.ndarray | torch.Tensor, k: in
     transductive smoothing of the head's argmax that uses no labels. Samples the head places alone in a region
     of the feature space move to the cluster around them.
     """
-    if len(probs) != len(features):
-        raise ValueError(f"{len(probs)} rows of probabilities for {len(features)} rows of features")
-    return probs[nearest_neighbours(features, k)].mean(axis=1).argmax(axis=1)
+    return neighbour_vote_probs(probs, features, k).argmax(axis=1)

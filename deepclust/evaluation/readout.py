@@ -13,9 +13,10 @@ from omegaconf import DictConfig
 
 from deepclust.data import ArrayDataset
 from deepclust.engine.data import eval_batches
+from deepclust.evaluation.balanced import balanced_assignment
 from deepclust.evaluation.kmeans import kmeans
 from deepclust.evaluation.metrics import evaluate_clustering
-from deepclust.evaluation.neighbours import neighbour_vote
+from deepclust.evaluation.neighbours import neighbour_vote_probs
 
 
 @dataclass
@@ -62,10 +63,13 @@ def compute_readouts(
     kmeans_cfg: DictConfig,
     seed: int,
     neighbour_vote_k: int = 0,
+    balanced: bool = False,
 ) -> ReadoutResult:
     """Read-out ``kmeans`` (on the raw features, as the papers do, or L2-normalised with ``kmeans.normalize``)
     and ``head`` (argmax of ``probs``); with ``neighbour_vote_k > 0`` also ``neighbour_vote`` (the head's
-    probabilities averaged over each sample's ``neighbour_vote_k`` nearest neighbours in feature space)."""
+    probabilities averaged over each sample's ``neighbour_vote_k`` nearest neighbours in feature space); with
+    ``balanced`` also ``head_balanced`` and ``neighbour_vote_balanced``, the same probabilities rescaled to equal
+    cluster sizes before the argmax (:func:`~deepclust.evaluation.balanced.balanced_assignment`)."""
     features = outputs["features"]
     result = kmeans(
         features,
@@ -79,16 +83,23 @@ def compute_readouts(
     clusters = {"kmeans": result.labels}
     confidence = None
     if "probs" in outputs:
-        clusters["head"] = outputs["probs"].argmax(axis=1)
-        confidence = outputs["probs"].max(axis=1)
+        probs = outputs["probs"]
+        clusters["head"] = probs.argmax(axis=1)
+        confidence = probs.max(axis=1)
+        if balanced:
+            clusters["head_balanced"] = balanced_assignment(probs)
         if neighbour_vote_k > 0:
-            clusters["neighbour_vote"] = neighbour_vote(outputs["probs"], features, neighbour_vote_k)
-    elif neighbour_vote_k > 0:
-        warnings.warn(
-            "train.neighbour_vote: this method has no cluster head to smooth, so there is no neighbour_vote "
-            "read-out",
-            stacklevel=2,
-        )
+            voted = neighbour_vote_probs(probs, features, neighbour_vote_k)
+            clusters["neighbour_vote"] = voted.argmax(axis=1)
+            if balanced:
+                clusters["neighbour_vote_balanced"] = balanced_assignment(voted)
+    else:
+        for setting, requested in [("neighbour_vote", neighbour_vote_k > 0), ("balanced_readout", balanced)]:
+            if requested:
+                warnings.warn(
+                    f"train.{setting}: this method has no cluster head, so there is no {setting} read-out",
+                    stacklevel=2,
+                )
     metrics = (
         {name: evaluate_clustering(labels, pred) for name, pred in clusters.items()}
         if labels is not None

@@ -1,0 +1,136 @@
+"""Do new cluster heads find a better partition on a finished CC run's features? (labelled datasets only)
+
+    python benchmarks/fresh_heads.py runs/bench-fmnist-v11-heads5-seed0/cc --views 6 --epochs 8 --heads 8
+
+The run's backbone is frozen (evaluation mode). Every image is augmented ``--views`` times with the run's own
+pipeline and passed through it once per view; then ``--heads`` new cluster heads (CC's ``g_C``, newly
+initialised) are trained for ``--epochs`` epochs with CC's cluster loss (column contrast plus entropy term, the
+run's ``τ_C``, entropy variant and weight; Adam at 1e-3, batch 256) on two different stored views of each image.
+After every epoch each head's argmax on the un-augmented images is scored. If the heads all end where the run's
+own head did, the partition is set by the features, not by how the heads were trained.
+
+Prints the table and writes ``<run>/fresh_heads.json`` (or ``--out``) with the machine and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepclust.config import build_config
+from deepclust.data import load_dataset
+from deepclust.engine.run_dir import RunDir
+from deepclust.errors import UserError
+from deepclust.evaluation import evaluate_clustering
+from deepclust.evaluation.readout import extract
+from deepclust.losses import cc_entropy_term, cluster_contrastive_loss
+from deepclust.methods.pretrained import load_pretrained_method
+from deepclust.models import ClusterHead
+
+BATCH = 256
+
+
+@torch.no_grad()
+def augmented_features(method: torch.nn.Module, images: np.ndarray, views: int) -> torch.Tensor:
+    """``views``×N×d backbone features of augmented copies of every image (two views per augmenter call)."""
+    stored: list[torch.Tensor] = []
+    while len(stored) < views:
+        parts: list[list[torch.Tensor]] = [[], []]
+        for start in range(0, len(images), 1024):
+            # a copy: torch.from_numpy warns on the dataset's read-only memory map
+            batch = torch.from_numpy(np.array(images[start : start + 1024]))
+            for part, view in zip(parts, method.views(batch)[:2], strict=True):
+                part.append(method.backbone(view))
+        stored.extend(torch.cat(part) for part in parts)
+    return torch.stack(stored[:views])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run", type=Path, help="a finished cc run directory")
+    parser.add_argument("--views", type=int, default=6, help="augmented copies of every image (≥ 2)")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.views < 2 or args.epochs < 1 or args.heads < 1:
+        parser.error("--views must be at least 2, --epochs and --heads at least 1")
+    try:
+        cfg = build_config(config_file=RunDir.open_existing(args.run).path / "config.yaml")
+        if cfg.method != "cc":
+            raise UserError(f"{args.run}: a {cfg.method} run; fresh heads are CC's cluster heads")
+        dataset = load_dataset(cfg.data.name, cfg.data.split, cfg.data.root, image_size=cfg.data.image_size)
+        if dataset.labels is None:
+            raise UserError(f"{args.run}: {cfg.data.name} has no labels to score the heads against")
+        method = load_pretrained_method(
+            str(args.run), cfg.data, dataset.image_shape, None, setting=str(args.run)
+        )
+    except UserError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
+    torch.manual_seed(args.seed)
+    method.eval()
+    started = time.time()
+    clean = torch.from_numpy(extract(method, dataset, torch.device("cpu"))["features"])
+    stored = augmented_features(method, dataset.images, args.views)
+    print(
+        f"{args.views} augmented views of {len(clean)} images through the frozen backbone: "
+        f"{time.time() - started:.0f} s",
+        flush=True,
+    )
+    p = cfg.params
+    heads = torch.nn.ModuleList(
+        ClusterHead(clean.shape[1], method.num_clusters, hidden_dim=p.hidden_dim) for _ in range(args.heads)
+    )
+    optimiser = torch.optim.Adam(heads.parameters(), lr=1e-3)
+    history: list[list[dict[str, float]]] = []
+    for epoch in range(1, args.epochs + 1):
+        order = torch.randperm(len(clean))
+        for start in range(0, len(order) - BATCH + 1, BATCH):
+            rows = order[start : start + BATCH]
+            first, second = torch.randperm(args.views)[:2].tolist()
+            loss = torch.zeros(())
+            for head in heads:
+                c_a, c_b = head(stored[first, rows]), head(stored[second, rows])
+                loss = loss + cluster_contrastive_loss(c_a, c_b, p.cluster_temperature)
+                loss = loss + p.entropy_weight * cc_entropy_term(c_a, c_b, variant=p.entropy_variant)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        with torch.no_grad():
+            scores = [evaluate_clustering(dataset.labels, head(clean).argmax(1).numpy()) for head in heads]
+        history.append(scores)
+        accs = " ".join(f"{s['acc']:.4f}" for s in scores)
+        print(f"epoch {epoch}: ACC per head {accs} ({time.time() - started:.0f} s)", flush=True)
+    run_head = evaluate_clustering(dataset.labels, method.cluster_probs(clean).argmax(1).numpy())
+    best = max(range(args.heads), key=lambda h: history[-1][h]["acc"])
+    print(
+        f"the run's own head: ACC {run_head['acc']:.4f} NMI {run_head['nmi']:.4f}; best new head: "
+        f"ACC {history[-1][best]['acc']:.4f} NMI {history[-1][best]['nmi']:.4f}"
+    )
+    out = args.out or args.run / "fresh_heads.json"
+    record = {
+        "run": str(args.run),
+        "settings": {k: getattr(args, k) for k in ("views", "epochs", "heads", "seed")},
+        "run_head": run_head,
+        "epochs": history,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
