@@ -2,13 +2,18 @@
 
     python benchmarks/reread_run.py runs/bench-fmnist-v11-heads5-seed0/cc runs/bench-fmnist-v11-heads5-seed1/cc \\
         --neighbour-vote 20 --balanced
+    python benchmarks/reread_run.py runs/bench-fmnist-v11-heads5-seed0/cc --purity 10 20 50 100 200 500
 
 For every run it rebuilds the method from ``config.yaml`` and ``checkpoints/last.pt``, extracts the features and
 probabilities of the whole dataset as the trainer's evaluation does, and computes the read-outs with the run's
 own ``kmeans`` settings and seed, plus ``--neighbour-vote K`` and ``--balanced`` (``train.neighbour_vote`` and
 ``train.balanced_readout``). The read-outs the run already had come out as in its ``metrics.json``, which checks
-the re-read. Prints every run's metrics and, for several runs, mean ± std (min–max) per read-out; writes
-``<run>/reread.json`` with the settings, the machine and the date.
+the re-read. ``--purity K ...`` also runs k-means with K clusters on the same features (the run's ``kmeans``
+settings and seed) and reports each partition's purity, which bounds the ACC of any merge of its clusters: how
+fine a partition of these features must be before its clusters are as pure as a target ACC.
+
+Prints every run's metrics and, for several runs, mean ± std (min–max) per read-out; writes ``<run>/reread.json``
+with the settings, the machine and the date.
 """
 
 from __future__ import annotations
@@ -27,12 +32,16 @@ from deepclust.config import build_config
 from deepclust.data import load_dataset
 from deepclust.engine.run_dir import RunDir
 from deepclust.errors import UserError
+from deepclust.evaluation import kmeans, purity
 from deepclust.evaluation.readout import compute_readouts, extract
 from deepclust.methods.pretrained import load_pretrained_method
 
 
-def reread(run_path: Path, neighbour_vote_k: int, balanced: bool) -> dict[str, dict[str, float]]:
-    """The read-outs of one run's last checkpoint with the given settings: ``{read-out: {metric: value}}``."""
+def reread(
+    run_path: Path, neighbour_vote_k: int, balanced: bool, purity_ks: list[int]
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """One run's last checkpoint read out with the given settings: ``{read-out: {metric: value}}``, and the
+    purity of k-means with each of ``purity_ks`` clusters on its features (keys are the K as strings)."""
     cfg = build_config(config_file=RunDir.open_existing(run_path).path / "config.yaml")
     data = cfg.data
     dataset = load_dataset(data.name, data.split, data.root, image_size=data.image_size)
@@ -49,7 +58,20 @@ def reread(run_path: Path, neighbour_vote_k: int, balanced: bool) -> dict[str, d
         neighbour_vote_k=neighbour_vote_k,
         balanced=balanced,
     )
-    return result.metrics
+    km = cfg.kmeans
+    purities = {}
+    for k in purity_ks:
+        partition = kmeans(
+            outputs["features"],
+            k,
+            n_init=km.n_init,
+            max_iter=km.max_iter,
+            seed=cfg.seed,
+            backend=km.backend,
+            normalize=km.normalize,
+        )
+        purities[str(k)] = purity(dataset.labels, partition.labels)
+    return result.metrics, purities
 
 
 def main() -> None:
@@ -59,14 +81,19 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="finished run directories")
     parser.add_argument("--neighbour-vote", type=int, default=0, metavar="K", help="as train.neighbour_vote")
     parser.add_argument("--balanced", action="store_true", help="as train.balanced_readout=true")
+    parser.add_argument(
+        "--purity", type=int, nargs="+", default=[], metavar="K", help="purity of k-means with K clusters"
+    )
     args = parser.parse_args()
     if args.neighbour_vote < 0:
         parser.error("--neighbour-vote must be 0 (off) or a number of neighbours")
+    if any(k < 2 for k in args.purity):
+        parser.error("--purity needs numbers of clusters of at least 2")
     per_run = []
     for run in args.runs:
         started = time.time()
         try:
-            readouts = reread(run, args.neighbour_vote, args.balanced)
+            readouts, purities = reread(run, args.neighbour_vote, args.balanced, args.purity)
         except UserError as error:
             print(error, file=sys.stderr)
             raise SystemExit(2) from None
@@ -76,6 +103,7 @@ def main() -> None:
             "neighbour_vote": args.neighbour_vote,
             "balanced": args.balanced,
             "readouts": readouts,
+            "kmeans_purity": purities,
             "machine": f"{platform.node()} ({platform.processor() or platform.machine()}), "
             f"{torch.get_num_threads()} threads",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -84,6 +112,8 @@ def main() -> None:
         print(f"{run} ({time.time() - started:.0f} s), written to {run / 'reread.json'}")
         for name, values in readouts.items():
             print(f"  {name:24s} " + "  ".join(f"{key.upper()} {values[key]:.4f}" for key in METRICS))
+        for k, value in purities.items():
+            print(f"  k-means with {k} clusters: purity {value:.4f}")
     if len(per_run) > 1:
         print("\n| read-out | runs | ACC | NMI | ARI |\n|---|---|---|---|---|")
         for name in per_run[0]:

@@ -92,7 +92,7 @@ def test_diagnose_run_rejects_a_directory_that_is_not_a_run(tmp_path: Path) -> N
 
 def test_reread_run_repeats_the_runs_read_outs_and_adds_the_requested_ones(tmp_path: Path) -> None:
     run, trained = _trained_cc_run(tmp_path)
-    result = _script("reread_run.py", run.path, "--neighbour-vote", "5", "--balanced")
+    result = _script("reread_run.py", run.path, "--neighbour-vote", "5", "--balanced", "--purity", "10", "40")
     assert result.returncode == 0, result.stderr
     reread = json.loads((run.path / "reread.json").read_text())
     readouts = reread["readouts"]
@@ -100,6 +100,9 @@ def test_reread_run_repeats_the_runs_read_outs_and_adds_the_requested_ones(tmp_p
     for name in ("head", "kmeans"):
         assert readouts[name] == trained[name]
     assert reread["neighbour_vote"] == 5 and reread["balanced"] is True and reread["date"]
+    assert set(reread["kmeans_purity"]) == {"10", "40"}
+    assert reread["kmeans_purity"]["10"] >= trained["kmeans"]["acc"]  # the run's own k-means partition
+    assert reread["kmeans_purity"]["40"] > reread["kmeans_purity"]["10"]
     missing = _script("reread_run.py", tmp_path / "missing")
     assert missing.returncode == 2
     assert len(missing.stderr.strip().splitlines()) == 1 and "missing" in missing.stderr
@@ -111,9 +114,15 @@ def test_fresh_heads_trains_new_heads_on_the_frozen_backbone(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     record = json.loads((run.path / "fresh_heads.json").read_text())
     # the frozen backbone and the run's own head read as the run's evaluation did
-    assert record["run_head"] == trained["head"]
-    assert len(record["epochs"]) == 2 and all(len(scores) == 2 for scores in record["epochs"])
-    assert all(0.0 <= s["acc"] <= 1.0 for scores in record["epochs"] for s in scores)
+    assert {metric: record["run_head"][metric] for metric in ("acc", "nmi", "ari")} == trained["head"]
+    epochs = record["epochs"]["10"]  # digits' ten classes
+    assert len(epochs) == 2 and all(len(scores) == 2 for scores in epochs)
+    assert all(0.0 <= s["acc"] <= s["purity"] <= 1.0 for scores in epochs for s in scores)
+    over = _script(
+        "fresh_heads.py", run.path, "--views", "2", "--epochs", "1", "--heads", "1", "--clusters", "20"
+    )
+    assert over.returncode == 0, over.stderr
+    assert list(json.loads((run.path / "fresh_heads.json").read_text())["epochs"]) == ["20"]
     byol = RunDir(tmp_path / "byol").create()
     byol.save_config(build_config(method="byol", dataset="digits", overrides=TINY))
     for bad, message in [(tmp_path / "missing", "missing"), (byol.path, "byol run")]:

@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from deepclust.errors import UserError
-from deepclust.evaluation import ari, cluster_accuracy, evaluate_clustering, hungarian_match, nmi
+from deepclust.evaluation import ari, cluster_accuracy, evaluate_clustering, hungarian_match, nmi, purity
 
 
 def brute_force_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -57,6 +57,21 @@ def test_hand_computed_accuracy_with_more_clusters_than_classes() -> None:
     y_true = [0, 0, 0, 0, 1, 1]
     y_pred = [0, 0, 0, 1, 1, 2]
     assert cluster_accuracy(y_true, y_pred) == pytest.approx(4 / 6)
+    # purity lets every cluster keep its majority label: 3 (cluster 0) + 1 (cluster 1, a tie) + 1 (cluster 2)
+    assert purity(y_true, y_pred) == pytest.approx(5 / 6)
+
+
+def test_purity_bounds_every_merge_and_equals_acc_for_a_one_to_one_partition() -> None:
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 3, size=300)
+    fine = rng.integers(0, 8, size=300)
+    merges = [np.array(m)[fine] for m in itertools.product(range(3), repeat=8)]
+    assert max(cluster_accuracy(y_true, merged) for merged in merges) == pytest.approx(purity(y_true, fine))
+    coarse = rng.integers(0, 3, size=300)
+    assert purity(y_true, coarse) >= cluster_accuracy(y_true, coarse)
+    assert purity(y_true, (y_true + 1) % 3) == 1.0
+    with pytest.raises(UserError):
+        purity([0, 1], [0])
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from deepclust.evaluation.metrics import (
     evaluate_clustering,
     hungarian_match,
     nmi,
+    purity,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "hungarian_match",
     "kmeans",
     "nmi",
+    "purity",
 ]

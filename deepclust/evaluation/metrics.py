@@ -59,6 +59,17 @@ def cluster_accuracy(y_true: LabelsLike, y_pred: LabelsLike) -> float:
     return float(counts[rows, cols].sum() / counts.sum())
 
 
+def purity(y_true: LabelsLike, y_pred: LabelsLike) -> float:
+    """Purity = (1/N) Σ_k max_c n_ck: every cluster takes its most frequent label (a many-to-one map).
+
+    It bounds from above the ACC of any merge of the clusters into fewer groups, so on an over-clustering it says
+    how pure a partition of that granularity can be. Unlike ACC it rises towards 1 as clusters get smaller, so
+    it compares partitions only at equal numbers of clusters.
+    """
+    counts, _, _ = contingency_matrix(y_true, y_pred)
+    return float(counts.max(axis=0).sum() / counts.sum())
+
+
 def _entropy(counts: np.ndarray) -> float:
     total = counts.sum()
     p = counts[counts > 0] / total
