@@ -12,8 +12,8 @@ the re-read. ``--purity K ...`` also runs k-means with K clusters on the same fe
 settings and seed) and reports each partition's purity, which bounds the ACC of any merge of its clusters: how
 fine a partition of these features must be before its clusters are as pure as a target ACC.
 
-Prints every run's metrics and, for several runs, mean ± std (min–max) per read-out; writes ``<run>/reread.json``
-with the settings, the machine and the date.
+Prints every run's metrics and, for several runs, mean ± std (min–max) per read-out over the runs that have it;
+writes ``<run>/reread.json`` with the settings, the machine and the date.
 """
 
 from __future__ import annotations
@@ -115,10 +115,12 @@ def main() -> None:
         for k, value in purities.items():
             print(f"  k-means with {k} clusters: purity {value:.4f}")
     if len(per_run) > 1:
+        # a read-out that only some runs have (a method without a cluster head) is summarised over those
         print("\n| read-out | runs | ACC | NMI | ARI |\n|---|---|---|---|---|")
-        for name in per_run[0]:
-            cells = [spread([readouts[name][key] for readouts in per_run]) for key in METRICS]
-            print(f"| {name} | {len(per_run)} | {' | '.join(cells)} |")
+        for name in sorted({name for readouts in per_run for name in readouts}):
+            found = [readouts[name] for readouts in per_run if name in readouts]
+            cells = [spread([values[key] for values in found]) for key in METRICS]
+            print(f"| {name} | {len(found)} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

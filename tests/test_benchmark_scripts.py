@@ -103,6 +103,15 @@ def test_reread_run_repeats_the_runs_read_outs_and_adds_the_requested_ones(tmp_p
     assert set(reread["kmeans_purity"]) == {"10", "40"}
     assert reread["kmeans_purity"]["10"] >= trained["kmeans"]["acc"]  # the run's own k-means partition
     assert reread["kmeans_purity"]["40"] > reread["kmeans_purity"]["10"]
+    byol = RunDir(tmp_path / "byol").create()
+    byol_cfg = build_config(method="byol", dataset="digits", overrides=[*TINY, "train.max_steps=2"])
+    byol.save_config(byol_cfg)
+    train(byol_cfg, byol)
+    both = _script("reread_run.py", run.path, byol.path)
+    assert both.returncode == 0, both.stderr
+    rows = both.stdout.splitlines()
+    assert any(row.startswith("| head | 1 | ") for row in rows)
+    assert any(row.startswith("| kmeans | 2 | ") for row in rows)
     missing = _script("reread_run.py", tmp_path / "missing")
     assert missing.returncode == 2
     assert len(missing.stderr.strip().splitlines()) == 1 and "missing" in missing.stderr
