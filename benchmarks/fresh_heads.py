@@ -28,15 +28,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from reread_run import load_labelled_run
 
 from deepclust.config import build_config
-from deepclust.data import load_dataset
 from deepclust.engine.run_dir import RunDir
 from deepclust.errors import UserError
 from deepclust.evaluation import evaluate_clustering, purity
 from deepclust.evaluation.readout import extract
 from deepclust.losses import cc_entropy_term, cluster_contrastive_loss
-from deepclust.methods.pretrained import load_pretrained_method
 from deepclust.models import ClusterHead
 
 BATCH = 256
@@ -119,22 +118,18 @@ def main() -> None:
     if args.views < 2 or args.epochs < 1 or args.heads < 1 or min(args.clusters or [2]) < 2:
         parser.error("--views and --clusters must be at least 2, --epochs and --heads at least 1")
     try:
-        cfg = build_config(config_file=RunDir.open_existing(args.run).path / "config.yaml")
-        if cfg.method != "cc":
-            raise UserError(f"{args.run}: a {cfg.method} run; fresh heads are CC's cluster heads")
-        dataset = load_dataset(cfg.data.name, cfg.data.split, cfg.data.root, image_size=cfg.data.image_size)
-        if dataset.labels is None:
-            raise UserError(f"{args.run}: {cfg.data.name} has no labels to score the heads against")
-        method = load_pretrained_method(
-            str(args.run), cfg.data, dataset.image_shape, None, setting=str(args.run)
-        )
+        method_name = build_config(config_file=RunDir.open_existing(args.run).path / "config.yaml").method
+        if method_name != "cc":
+            raise UserError(f"{args.run}: a {method_name} run; fresh heads are CC's cluster heads")
+        cfg, dataset, method = load_labelled_run(args.run)
     except UserError as error:
         print(error, file=sys.stderr)
         raise SystemExit(2) from None
     torch.manual_seed(args.seed)
     method.eval()
     started = time.time()
-    clean = torch.from_numpy(extract(method, dataset, torch.device("cpu"))["features"])
+    outputs = extract(method, dataset, torch.device("cpu"))
+    clean = torch.from_numpy(outputs["features"])
     stored = augmented_features(method, dataset.images, args.views)
     print(
         f"{args.views} augmented views of {len(clean)} images through the frozen backbone: "
@@ -145,7 +140,7 @@ def main() -> None:
     for k in args.clusters or [method.num_clusters]:
         print(f"{args.heads} new heads with {k} clusters:", flush=True)
         histories[str(k)] = train_heads(stored, clean, dataset.labels, k, cfg.params, args, started)
-    run_head = scores(method.cluster_probs(clean), dataset.labels)
+    run_head = scores(torch.from_numpy(outputs["probs"]), dataset.labels)
     print(f"the run's own head: ACC {run_head['acc']:.4f} NMI {run_head['nmi']:.4f}")
     out = args.out or args.run / "fresh_heads.json"
     record = {

@@ -26,15 +26,29 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 from seed_spread import METRICS, spread
 
 from deepclust.config import build_config
-from deepclust.data import load_dataset
+from deepclust.data import ArrayDataset, load_dataset
 from deepclust.engine.run_dir import RunDir
 from deepclust.errors import UserError
 from deepclust.evaluation import kmeans, purity
 from deepclust.evaluation.readout import compute_readouts, extract
+from deepclust.methods.base import Method
 from deepclust.methods.pretrained import load_pretrained_method
+
+
+def load_labelled_run(run_path: Path) -> tuple[DictConfig, ArrayDataset, Method]:
+    """A finished run's configuration, its labelled dataset and its method filled from ``checkpoints/last.pt``;
+    every problem is one :class:`UserError` that names the run."""
+    cfg = build_config(config_file=RunDir.open_existing(run_path).path / "config.yaml")
+    data = cfg.data
+    dataset = load_dataset(data.name, data.split, data.root, image_size=data.image_size)
+    if dataset.labels is None:
+        raise UserError(f"{run_path}: {data.name} ({data.split}) has no labels to score against")
+    method = load_pretrained_method(str(run_path), data, dataset.image_shape, None, setting=str(run_path))
+    return cfg, dataset, method
 
 
 def reread(
@@ -42,12 +56,7 @@ def reread(
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """One run's last checkpoint read out with the given settings: ``{read-out: {metric: value}}``, and the
     purity of k-means with each of ``purity_ks`` clusters on its features (keys are the K as strings)."""
-    cfg = build_config(config_file=RunDir.open_existing(run_path).path / "config.yaml")
-    data = cfg.data
-    dataset = load_dataset(data.name, data.split, data.root, image_size=data.image_size)
-    if dataset.labels is None:
-        raise UserError(f"{run_path}: {data.name} ({data.split}) has no labels to score against")
-    method = load_pretrained_method(str(run_path), data, dataset.image_shape, None, setting=str(run_path))
+    cfg, dataset, method = load_labelled_run(run_path)
     outputs = extract(method, dataset, torch.device("cpu"))
     result = compute_readouts(
         outputs,

@@ -27,12 +27,15 @@ def _run(tmp_path: Path, name: str, readouts: dict[str, dict[str, float]]) -> Pa
 TINY = ["model.width=8", "optim.batch_size=64", "train.progress=false", "kmeans.n_init=1"]
 
 
-def _trained_cc_run(tmp_path: Path, *overrides: str) -> tuple[RunDir, dict[str, dict[str, float]]]:
-    """A CC run on digits, 3 steps with a tiny network, and its read-outs."""
-    run = RunDir(tmp_path / "cc").create()
-    cfg = build_config(method="cc", dataset="digits", overrides=[*TINY, "train.max_steps=3", *overrides])
+def _tiny_run(
+    tmp_path: Path, method: str, *overrides: str, trained: bool = True
+) -> tuple[RunDir, dict[str, dict[str, float]]]:
+    """A run of ``method`` on digits with a tiny network in ``tmp_path/method``: trained for 3 steps (its
+    read-outs returned) or, with ``trained=False``, only configured (no read-outs)."""
+    run = RunDir(tmp_path / method).create()
+    cfg = build_config(method=method, dataset="digits", overrides=[*TINY, "train.max_steps=3", *overrides])
     run.save_config(cfg)
-    return run, train(cfg, run)["readouts"]
+    return run, train(cfg, run)["readouts"] if trained else {}
 
 
 def _script(name: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -71,7 +74,7 @@ def test_seed_spread_rejects_a_directory_that_is_not_an_evaluated_run(tmp_path: 
 
 def test_diagnose_run_reports_every_cluster_head_and_the_one_read_out(tmp_path: Path) -> None:
     """A three-head CC run on digits: one entry per head, and the read-out one is the head the run reports."""
-    run, _ = _trained_cc_run(tmp_path, "params.num_heads=3")
+    run, _ = _tiny_run(tmp_path, "cc", "params.num_heads=3")
     out = tmp_path / "diagnosis.json"
     result = _script("diagnose_run.py", run.path, "--neighbours", "5", "--out", out)
     assert result.returncode == 0, result.stderr
@@ -91,7 +94,7 @@ def test_diagnose_run_rejects_a_directory_that_is_not_a_run(tmp_path: Path) -> N
 
 
 def test_reread_run_repeats_the_runs_read_outs_and_adds_the_requested_ones(tmp_path: Path) -> None:
-    run, trained = _trained_cc_run(tmp_path)
+    run, trained = _tiny_run(tmp_path, "cc")
     result = _script("reread_run.py", run.path, "--neighbour-vote", "5", "--balanced", "--purity", "10", "40")
     assert result.returncode == 0, result.stderr
     reread = json.loads((run.path / "reread.json").read_text())
@@ -103,10 +106,7 @@ def test_reread_run_repeats_the_runs_read_outs_and_adds_the_requested_ones(tmp_p
     assert set(reread["kmeans_purity"]) == {"10", "40"}
     assert reread["kmeans_purity"]["10"] >= trained["kmeans"]["acc"]  # the run's own k-means partition
     assert reread["kmeans_purity"]["40"] > reread["kmeans_purity"]["10"]
-    byol = RunDir(tmp_path / "byol").create()
-    byol_cfg = build_config(method="byol", dataset="digits", overrides=[*TINY, "train.max_steps=2"])
-    byol.save_config(byol_cfg)
-    train(byol_cfg, byol)
+    byol, _ = _tiny_run(tmp_path, "byol")
     both = _script("reread_run.py", run.path, byol.path)
     assert both.returncode == 0, both.stderr
     rows = both.stdout.splitlines()
@@ -118,7 +118,7 @@ def test_reread_run_repeats_the_runs_read_outs_and_adds_the_requested_ones(tmp_p
 
 
 def test_fresh_heads_trains_new_heads_on_the_frozen_backbone(tmp_path: Path) -> None:
-    run, trained = _trained_cc_run(tmp_path)
+    run, trained = _tiny_run(tmp_path, "cc")
     result = _script("fresh_heads.py", run.path, "--views", "3", "--epochs", "2", "--heads", "2")
     assert result.returncode == 0, result.stderr
     record = json.loads((run.path / "fresh_heads.json").read_text())
@@ -132,8 +132,7 @@ def test_fresh_heads_trains_new_heads_on_the_frozen_backbone(tmp_path: Path) -> 
     )
     assert over.returncode == 0, over.stderr
     assert list(json.loads((run.path / "fresh_heads.json").read_text())["epochs"]) == ["20"]
-    byol = RunDir(tmp_path / "byol").create()
-    byol.save_config(build_config(method="byol", dataset="digits", overrides=TINY))
+    byol, _ = _tiny_run(tmp_path, "byol", trained=False)
     for bad, message in [(tmp_path / "missing", "missing"), (byol.path, "byol run")]:
         failed = _script("fresh_heads.py", bad)
         assert failed.returncode == 2
