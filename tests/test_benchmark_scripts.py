@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 from omegaconf import OmegaConf
 
 from deepclust.config import build_config
+from deepclust.data import load_dataset
 from deepclust.engine.checkpoint import load_checkpoint
 from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import train
@@ -137,3 +141,67 @@ def test_fresh_heads_trains_new_heads_on_the_frozen_backbone(tmp_path: Path) -> 
         failed = _script("fresh_heads.py", bad)
         assert failed.returncode == 2
         assert len(failed.stderr.strip().splitlines()) == 1 and message in failed.stderr
+
+
+def test_train_speed_times_every_learner(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    result = _script(
+        "train_speed.py", "--dataset", "digits", "--methods", "cc", "byol", "--device", "cpu", "--steps", "2",
+        "--windows", "2", "--warmup", "1", "--out", out, *TINY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["method"] for row in rows] == ["cc", "byol"]
+    for row in rows:
+        assert row["batch_size"] == 64 and row["steps"] == 2 and len(row["images_per_s_windows"]) == 2
+        assert row["images_per_s"] > 0 and row["ms_per_step"] > 0
+        # images/s and ms/step both come from the median window
+        assert row["images_per_s"] == pytest.approx(64 / (row["ms_per_step"] / 1000), rel=0.01)
+
+
+def test_train_speed_reports_a_broken_learner_and_times_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("train_speed", SCRIPTS / "train_speed.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    timed = []
+
+    def fake_time(method: str, *args: object) -> dict[str, object]:
+        if method == "byol":
+            raise RuntimeError("CUDA error: out of memory")
+        timed.append(method)
+        return {"method": method, "precision": "32-true", "compile": False, "batch_size": 8,
+                "images_per_s": 1.0, "ms_per_step": 8000.0, "setup_and_warmup_s": 0.0, "peak_memory_gib": None}  # fmt: skip
+
+    monkeypatch.setattr(module, "time_method", fake_time)
+    out = tmp_path / "speed.json"
+    assert module.main(["--methods", "cc", "byol", "swav", "--out", str(out)]) == 1
+    assert timed == ["cc", "swav"]
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[1] == {"method": "byol", "error": "RuntimeError: CUDA error: out of memory", "overrides": []}
+    assert "byol     failed: RuntimeError" in capsys.readouterr().out
+
+
+def test_train_speed_rejects_bad_input_in_one_line(tmp_path: Path) -> None:
+    cases = {
+        "unknown key": (["train.no_such_key=1", "--methods", "cc"], "no_such_key"),
+        "override taken as a method": (["--methods", "cc", "optim.lr=1"], "unknown method 'optim.lr=1'"),
+        "random images of another dataset": (["--random-cifar10", "10", "--dataset", "digits"], "cifar10"),
+    }
+    for case, (args, message) in cases.items():
+        result = _script("train_speed.py", "--device", "cpu", *args)
+        assert result.returncode == 2, case
+        assert message in result.stderr, (case, result.stderr)
+        assert "Traceback" not in result.stderr, case
+
+
+def test_train_speed_writes_random_images_in_cifar10_format(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("train_speed", SCRIPTS / "train_speed.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    root = module.write_random_cifar10(tmp_path, 60)
+    dataset = load_dataset("cifar10", root=root)
+    assert len(dataset) == 60 and dataset.image_shape == (3, 32, 32) and dataset.images.dtype == np.uint8
