@@ -67,10 +67,44 @@ def write_random_cifar10(directory: Path, count: int, seed: int = 0) -> Path:
     return directory
 
 
+SYNCHRONISING_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
+def profile_steps(run_steps: Any, steps: int, device: torch.device) -> dict[str, Any]:
+    """torch.profiler over ``steps`` more steps: the host's waits for the device per step, the share of the
+    wall time the device spent in kernels, and the kernels that took most of it."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        wall = run_steps(steps)
+    events = prof.key_averages()
+    waits = {e.key: e.count / steps for e in events if e.key in SYNCHRONISING_CALLS}
+    kernels = sorted(
+        ((e.key, getattr(e, "self_device_time_total", 0.0)) for e in events if e.device_type.name == "CUDA"),
+        key=lambda item: -item[1],
+    )
+    device_us = sum(us for _, us in kernels)
+    return {
+        "steps": steps,
+        "host_waits_per_step": waits,
+        "device_busy_share": round(device_us / 1e6 / wall, 3) if device.type == "cuda" else None,
+        "top_kernels_ms_per_step": [(name[:80], round(us / 1000 / steps, 3)) for name, us in kernels[:8]],
+    }
+
+
 def time_method(
-    method: str, dataset: str, device: str, overrides: list[str], steps: int, warmup: int, windows: int
+    method: str,
+    dataset: str,
+    device: str,
+    overrides: list[str],
+    steps: int,
+    warmup: int,
+    windows: int,
+    profiled: int = 0,
 ) -> dict[str, Any]:
-    """Median images/s over ``windows`` equal windows of ``steps`` timed steps, after ``warmup`` steps."""
+    """Median images/s over ``windows`` equal windows of ``steps`` timed steps, after ``warmup`` steps; with
+    ``profiled`` > 0, a profile of that many more steps (:func:`profile_steps`)."""
     cfg = build_config(method=method, dataset=dataset, flags={"device": device}, overrides=overrides)
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(Path(tmp) / "run").create()
@@ -91,6 +125,7 @@ def time_method(
 
         warmup_s = run_steps(warmup)  # compilation, cuDNN autotuning and allocator growth happen here
         seconds = [run_steps(steps) for _ in range(windows)]
+        profile = profile_steps(run_steps, profiled, target) if profiled else None
         if target.type == "cuda":
             peak_gib = torch.cuda.max_memory_allocated(target) / 2**30
             torch.cuda.reset_peak_memory_stats(target)
@@ -116,6 +151,7 @@ def time_method(
         "warmup_s": round(warmup_s, 2),
         "peak_memory_gib": None if peak_gib is None else round(peak_gib, 3),
         "overrides": overrides,
+        "profile": profile,
     }
 
 
@@ -130,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=3, help="timed windows; the median is reported")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--out", type=Path, default=None, help="write the rows here (JSON)")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="STEPS", help="profile this many more steps"
+    )
     parser.add_argument(
         "--random-cifar10",
         type=int,
@@ -157,7 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             try:
                 row = time_method(
-                    method, args.dataset, args.device, overrides, args.steps, args.warmup, args.windows
+                    method,
+                    args.dataset,
+                    args.device,
+                    overrides,
+                    args.steps,
+                    args.warmup,
+                    args.windows,
+                    args.profile,
                 )
             except UserError as err:
                 print(f"train_speed: error: {err}", file=sys.stderr)
@@ -176,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"(setup + warm-up {row['setup_and_warmup_s']} s, peak {row['peak_memory_gib']} GiB)",
                 flush=True,
             )
+            if row["profile"]:
+                print(f"         profile: {json.dumps(row['profile'])}", flush=True)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n")

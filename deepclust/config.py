@@ -92,6 +92,9 @@ class TrainConfig:
     sync_batchnorm: bool = True  # under DDP
     compile: bool = False  # torch.compile the method
     channels_last: bool = True
+    # GPU only: cuDNN times its convolution algorithms on the first steps and keeps the fastest (the sizes are
+    # fixed); the choice may differ between runs, so bit-identical GPU runs need false
+    cudnn_benchmark: bool = True
     num_workers: int = 0  # DataLoader workers; uint8 batches are cheap, augmentation runs on the device
     checkpoint_every_steps: int = 500
     eval_every_epochs: int = 5

@@ -277,8 +277,13 @@ def test_non_finite_loss_saves_then_stops(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(trainer_module.method_class("simclr"), "forward", nan_at_step_3)
     with pytest.raises(TrainingDiverged, match="non-finite loss at step 3"):
         train(cfg, run)
-    assert torch.load(run.path / "checkpoints/last.pt", weights_only=True)["loop"]["step"] == 3
+    saved = torch.load(run.path / "checkpoints/last.pt", weights_only=True)
+    assert saved["loop"]["step"] == 3
     assert any(e["event"] == "diverged" for e in run.read_log())
+    # the check comes after the backward pass is queued, but before any update: weights and moments stay finite
+    tensors = [*saved["method"].values()]
+    tensors += [v for state in saved["optimizer"]["state"].values() for v in state.values()]
+    assert all(torch.isfinite(t).all() for t in tensors if torch.is_tensor(t) and t.is_floating_point())
 
 
 def test_time_budget_stops_early_then_evaluates(tmp_path: Path) -> None:

@@ -28,7 +28,8 @@ Randomness. All random parameters are drawn on the CPU from torch's global gener
 (``torch.manual_seed`` / Lightning's ``seed_everything``), and then moved to the images' device; the same seed
 gives the same views, and the same parameters on CPU and CUDA (pixels may differ by float rounding).
 Drawing on the CPU also keeps the device free of synchronisations: which samples an operation applies to is
-known on the host without reading anything back from the GPU.
+known on the host without reading anything back from the GPU, and every parameter goes to the device with
+``non_blocking=True`` (a blocking host-to-device copy waits for all of the GPU's queued work).
 
 Speed (512 images, one thread of the 2-core CPU with the other core busy, float input; see
 benchmarks/augment_speed.py for whole pipelines). kornia's ``RandomResizedCrop`` + ``RandomHorizontalFlip``
@@ -379,7 +380,7 @@ def _hue(x: Tensor, factor: Tensor) -> Tensor:
     r, g, b = x.split(1, dim=1)
     hue = torch.where(r == value, g - b, torch.where(g == value, b - r + 2 * chroma, r - g + 4 * chroma))
     hue.div_(torch.where(chroma > 0, chroma, 1.0)).add_((6.0 * factor).view(-1, 1, 1, 1))
-    offsets = torch.tensor(_HSV_OFFSETS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    offsets = torch.tensor(_HSV_OFFSETS, dtype=x.dtype).view(1, 3, 1, 1).to(x.device, non_blocking=True)
     k = (hue + offsets).remainder_(6.0)
     return value - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
 
@@ -415,7 +416,11 @@ class RandomColorJitter(nn.Module):
             for k, (_, adjust, _) in enumerate(self.steps):
                 chosen = applied & (order[:, stage] == k)
                 x = _apply_to_rows(
-                    x, chosen, lambda sub, rows, fn=adjust, f=factors[k]: fn(sub, f[rows].to(sub.device))
+                    x,
+                    chosen,
+                    lambda sub, rows, fn=adjust, f=factors[k]: fn(
+                        sub, f[rows].to(sub.device, non_blocking=True)
+                    ),
                 )
         return x
 
@@ -456,7 +461,9 @@ class RandomGaussianBlur(nn.Module):
         sigma = torch.empty(n, 1).uniform_(*self.sigma).expand(n, 2)
         k = self.kernel_size
         return _apply_to_rows(
-            x, selected, lambda sub, rows: gaussian_blur2d(sub, (k, k), sigma[rows].to(sub.device))
+            x,
+            selected,
+            lambda sub, rows: gaussian_blur2d(sub, (k, k), sigma[rows].to(sub.device, non_blocking=True)),
         )
 
     def extra_repr(self) -> str:

@@ -10,7 +10,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -108,6 +108,9 @@ class Trainer:
         self.resume = resume
         self.fabric = Fabric(**fabric_settings(cfg))
         self.fabric.launch()
+        if self.fabric.device.type == "cuda":
+            # the input sizes never change, so cuDNN's timing of its convolution algorithms pays off
+            torch.backends.cudnn.benchmark = bool(cfg.train.cudnn_benchmark)
         self.console = Console(stderr=True, quiet=not self.fabric.is_global_zero)
         # a different stream per rank, so ranks draw different augmentations; DDP broadcasts rank 0's weights
         self.fabric.seed_everything(cfg.seed + self.fabric.global_rank, verbose=False)
@@ -385,9 +388,11 @@ class Trainer:
         else:
             losses = self.model(*batch)
         total = losses["loss"]
-        if not torch.isfinite(total.detach()):
-            self._diverged(losses)
+        finite = self._finite_check(total)
         self.fabric.backward(total)
+        if not finite():  # the parameters and the optimiser are still untouched
+            self.optimizer.zero_grad(set_to_none=True)
+            self._diverged(losses)
         self.method.on_before_optimizer_step(state.step)
         if cfg.optim.grad_clip:
             self.fabric.clip_gradients(self.model, self.optimizer, max_norm=cfg.optim.grad_clip)
@@ -396,6 +401,24 @@ class Trainer:
         self.method.on_after_optimizer_step(state.step, self.total_steps)
         state.step += 1
         return losses
+
+    def _finite_check(self, loss: torch.Tensor) -> Callable[[], bool]:
+        """Whether ``loss`` is finite, as a call made after the backward pass is queued. On a GPU the flag is
+        copied to the host behind the forward pass and the call waits for that copy alone, so the GPU runs
+        the backward meanwhile; reading the flag at once would drain the GPU's queue every step."""
+        flag = torch.isfinite(loss.detach())
+        if flag.device.type != "cuda":
+            return lambda: bool(flag)
+        host = torch.empty((), dtype=torch.bool, pin_memory=True)
+        host.copy_(flag, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+
+        def check() -> bool:
+            copied.synchronize()
+            return bool(host)
+
+        return check
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.fabric.device, non_blocking=True)

@@ -24,6 +24,7 @@ from deepclust.losses import cc_entropy_term, cluster_contrastive_loss, nt_xent
 from deepclust.losses.cluster_contrast import ENTROPY_VARIANTS
 from deepclust.methods.common import (
     BackboneMethod,
+    at_head,
     lowest_running_loss,
     running_head_losses,
     update_running_losses,
@@ -129,14 +130,15 @@ class ContrastiveClustering(BackboneMethod):
             # The marginals of the global batch (gathering only the K cluster masses).
             entropies.append(cc_entropy_term(c_a, c_b, variant=p.entropy_variant, gather=gather))
         cluster, entropy = torch.stack(clusters), p.entropy_weight * torch.stack(entropies)
-        best = 0
+        best_cluster, best_entropy = cluster[0], entropy[0]
         if p.num_heads > 1:
             update_running_losses(self.head_losses, cluster + entropy, p.head_loss_momentum)
             best = lowest_running_loss(self.head_losses)
+            best_cluster, best_entropy = at_head(cluster, best), at_head(entropy, best)
         return {
             # the same sum as ``instance + (cluster + entropy).mean()``, in the one-head order of additions
             "loss": instance + cluster.mean() + entropy.mean(),
             "instance": instance,
-            "cluster": cluster[best],
-            "entropy": entropy[best],
+            "cluster": best_cluster,
+            "entropy": best_entropy,
         }

@@ -86,9 +86,15 @@ def update_running_losses(running: Tensor, losses: Tensor, momentum: float) -> N
 
 
 def lowest_running_loss(running: Tensor) -> Tensor:
-    """0-d index of the head with the lowest running loss (head 0 before any step: NaN reads as ∞), on the
-    buffer's device, so that a training step can use it without waiting for the device."""
-    return torch.nan_to_num(running, nan=float("inf")).argmin()
+    """1-element index of the head with the lowest running loss (head 0 before any step: NaN reads as ∞), on
+    the buffer's device, so that a training step can use it without waiting for the device."""
+    return torch.nan_to_num(running, nan=float("inf")).argmin().view(1)
+
+
+def at_head(values: Tensor, head: Tensor) -> Tensor:
+    """``values[head]`` for a 1-element index on the device: ``index_select`` reads the index on the device
+    (a Python-style ``values[head]`` may copy it to the host first, which waits for the GPU)."""
+    return values.index_select(0, head).squeeze(0)
 
 
 class BackboneMethod(Method):

@@ -32,6 +32,7 @@ from deepclust.evaluation.readout import extract
 from deepclust.losses import cluster_entropy, neighbour_consistency
 from deepclust.methods.common import (
     BackboneMethod,
+    at_head,
     first_mismatch,
     lowest_running_loss,
     running_head_losses,
@@ -182,8 +183,8 @@ class SCAN(BackboneMethod):
         best = lowest_running_loss(self.head_losses)
         return {
             "loss": head_losses.sum(),
-            "consistency": consistency[best],
-            "entropy": entropy[best],
+            "consistency": at_head(consistency, best),
+            "entropy": at_head(entropy, best),
         }
 
     def get_extra_state(self) -> dict[str, Tensor]:
