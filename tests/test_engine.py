@@ -82,6 +82,40 @@ def test_lr_schedule_and_lars_by_hand() -> None:
     torch.testing.assert_close(weight.detach(), torch.tensor([3.0, 3.995]))
 
 
+def test_lars_follows_its_update_rule_tensor_by_tensor() -> None:
+    """The multi-tensor step against the rule written per tensor, over steps with momentum history, weight
+    decay, an excluded group, a weight that starts at zero (trust 1) and a parameter whose gradient appears late."""
+    torch.manual_seed(0)
+    shapes = [(5, 3), (4,), (6, 2), (7,)]
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    params[1].data.zero_()
+    reference = [p.detach().clone() for p in params]
+    lr, momentum, decay, eta = 0.5, 0.9, 1e-2, 0.001
+    optimizer = LARS(
+        [{"params": params[:3]}, {"params": params[3:], "lars_exclude": True, "weight_decay": 0.0}],
+        lr=lr, momentum=momentum, weight_decay=decay, trust_coefficient=eta,
+    )  # fmt: skip
+    buffers: list[torch.Tensor | None] = [None] * len(params)
+    for step in range(4):
+        grads = [torch.randn(shape) for shape in shapes]
+        for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+            param.grad = None if (i == 2 and step < 2) else grad.clone()
+        optimizer.step()
+        for i, grad in enumerate(grads):
+            if i == 2 and step < 2:
+                continue
+            w = reference[i]
+            if i < 3:  # LARS group: decay, then the trust ratio η‖w‖/‖g‖ when both norms are positive
+                grad = grad + decay * w
+                if w.norm() > 0 and grad.norm() > 0:
+                    grad = grad * eta * w.norm() / grad.norm()
+            previous = buffers[i]
+            buffers[i] = grad.clone() if previous is None else momentum * previous + grad
+            reference[i] = w - lr * buffers[i]
+        for param, expected in zip(params, reference, strict=True):
+            torch.testing.assert_close(param.detach(), expected)
+
+
 def test_batches_shard_the_permutation_and_restart_mid_epoch() -> None:
     data = ArrayDataset("toy", np.zeros((50, 1, 2, 2), np.uint8), np.zeros(50, np.int64), 2)
     ranks = [TrainBatches(data, 4, rank=r, world_size=2, seed=3) for r in range(2)]

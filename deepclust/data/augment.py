@@ -56,7 +56,6 @@ from kornia.enhance import (
     adjust_brightness_accumulative,
     adjust_contrast_with_mean_subtraction,
     adjust_saturation_with_gray_subtraction,
-    solarize,
 )
 from kornia.filters import gaussian_blur2d
 from torch import Tensor, nn
@@ -463,7 +462,8 @@ class RandomGaussianBlur(nn.Module):
         return _apply_to_rows(
             x,
             selected,
-            lambda sub, rows: gaussian_blur2d(sub, (k, k), sigma[rows].to(sub.device, non_blocking=True)),
+            # a CPU sigma: kornia checks it on the host, then moves it without waiting for the device
+            lambda sub, rows: gaussian_blur2d(sub, (k, k), sigma[rows]),
         )
 
     def extra_repr(self) -> str:
@@ -481,7 +481,9 @@ class RandomSolarize(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Float N×C×H×W in [0, 1] -> batch with the selected samples solarized (may overwrite ``x``)."""
         selected = torch.rand(x.shape[0]) < self.p
-        return _apply_to_rows(x, selected, lambda sub, _: solarize(sub, self.threshold))
+        # kornia's solarize makes a device tensor of the threshold, a copy that waits for the device
+        threshold = self.threshold
+        return _apply_to_rows(x, selected, lambda sub, _: torch.where(sub < threshold, sub, 1.0 - sub))
 
     def extra_repr(self) -> str:
         return f"threshold={self.threshold}, p={self.p}"
