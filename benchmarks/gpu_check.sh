@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md in one call, for a short lease of a GPU machine:
 #   1. training throughput of every learner with ResNet-18 (CIFAR stem, 32 px, two views, batch 512) on random
-#      images in CIFAR-10's format: bf16 autocast and fp32, and bf16 with torch.compile;
+#      images in CIFAR-10's format: bf16 autocast (with a profile of five more steps) and fp32, and bf16 with
+#      torch.compile;
 #   2. the same for the Fashion-MNIST CPU configs (small CNN, 28 px) on the GPU;
 #   3. the augmentations and the losses (against lightly, when it is installed) on the GPU;
 #   4. Fashion-MNIST quality within a time budget: three CC runs side by side on the one GPU.
@@ -61,10 +62,10 @@ speed() {  # speed NAME TIMEOUT_S ARGS...: one train_speed.py sweep
 }
 resnet=(model.backbone=resnet18 model.stem=cifar augment.image_size=null optim.batch_size=512)
 cifar=(--dataset cifar10 --random-cifar10 "$cifar_n")
-speed resnet18-bf16 100 --methods cc simclr byol swav "${cifar[@]}" "${resnet[@]}" train.precision=bf16-mixed
+speed resnet18-bf16 100 --methods cc simclr byol swav --profile 5 "${cifar[@]}" "${resnet[@]}" train.precision=bf16-mixed
 speed resnet18-fp32 40 --methods cc "${cifar[@]}" "${resnet[@]}" train.precision=32
 speed resnet18-bf16-compile 150 --methods cc "${cifar[@]}" "${resnet[@]}" train.precision=bf16-mixed train.compile=true
-speed fmnist-cpu-configs 60 --methods cc simclr byol swav --dataset fashion-mnist
+speed fmnist-cpu-configs 60 --methods cc simclr byol swav --profile 5 --dataset fashion-mnist
 limited augmentations 40 python3 benchmarks/augment_speed.py --device "$torch_device" --repeats 10
 limited losses 40 python3 benchmarks/loss_speed.py --device "$torch_device" --repeats 100 \
     --out "$out/speed/loss_speed.json"

@@ -172,8 +172,14 @@ def test_train_speed_reports_a_broken_learner_and_times_the_others(
         if method == "byol":
             raise RuntimeError("CUDA error: out of memory")
         timed.append(method)
-        return {"method": method, "precision": "32-true", "compile": False, "batch_size": 8,
-                "images_per_s": 1.0, "ms_per_step": 8000.0, "setup_and_warmup_s": 0.0, "peak_memory_gib": None}  # fmt: skip
+        row = dict(method=method, precision="32-true", compile=False, batch_size=8, images_per_s=1.0)
+        return {
+            **row,
+            "ms_per_step": 8000.0,
+            "setup_and_warmup_s": 0.0,
+            "peak_memory_gib": None,
+            "profile": None,
+        }
 
     monkeypatch.setattr(module, "time_method", fake_time)
     out = tmp_path / "speed.json"
