@@ -71,13 +71,20 @@ SYNCHRONISING_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEv
 
 
 def profile_steps(run_steps: Any, steps: int, device: torch.device) -> dict[str, Any]:
-    """torch.profiler over ``steps`` more steps: the host's waits for the device per step, the share of the
-    wall time the device spent in kernels, and the kernels that took most of it."""
+    """torch.profiler over ``steps`` more steps: the operations the host dispatched per step (top-level ``aten``
+    calls, backward included), its waits for the device per step, the share of the wall time the device spent
+    in kernels, and the kernels that took most of it."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         wall = run_steps(steps)
+    operations = sum(
+        1
+        for e in prof.events()
+        if e.name.startswith("aten::")
+        and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+    )
     events = prof.key_averages()
     waits = {e.key: e.count / steps for e in events if e.key in SYNCHRONISING_CALLS}
     kernels = sorted(
@@ -87,6 +94,7 @@ def profile_steps(run_steps: Any, steps: int, device: torch.device) -> dict[str,
     device_us = sum(us for _, us in kernels)
     return {
         "steps": steps,
+        "host_operations_per_step": round(operations / steps),
         "host_waits_per_step": waits,
         "device_busy_share": round(device_us / 1e6 / wall, 3) if device.type == "cuda" else None,
         "top_kernels_ms_per_step": [(name[:80], round(us / 1000 / steps, 3)) for name, us in kernels[:8]],

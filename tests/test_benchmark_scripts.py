@@ -147,7 +147,7 @@ def test_train_speed_times_every_learner(tmp_path: Path) -> None:
     out = tmp_path / "speed.json"
     result = _script(
         "train_speed.py", "--dataset", "digits", "--methods", "cc", "byol", "--device", "cpu", "--steps", "2",
-        "--windows", "2", "--warmup", "1", "--out", out, *TINY,
+        "--windows", "2", "--warmup", "1", "--profile", "2", "--out", out, *TINY,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())["rows"]
@@ -157,6 +157,9 @@ def test_train_speed_times_every_learner(tmp_path: Path) -> None:
         assert row["images_per_s"] > 0 and row["ms_per_step"] > 0
         # images/s and ms/step both come from the median window
         assert row["images_per_s"] == pytest.approx(64 / (row["ms_per_step"] / 1000), rel=0.01)
+        profile = row["profile"]  # on the CPU: the operations per step, no waits for a device
+        assert profile["steps"] == 2 and profile["host_operations_per_step"] > 100
+        assert profile["host_waits_per_step"] == {} and profile["device_busy_share"] is None
 
 
 def test_train_speed_reports_a_broken_learner_and_times_the_others(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -312,6 +313,30 @@ def test_cluster_contrast_matches_naive_reference_on_columns() -> None:
     b = torch.softmax(torch.randn(7, 3, generator=generator), 1)
     # CC Eq. 4–5: the anchors are the 2K columns, compared by cosine similarity
     assert cluster_contrastive_loss(a, b, 1.0).item() == pytest.approx(naive_nt_xent(a.T, b.T, 1.0), rel=1e-5)
+
+
+def test_cluster_losses_of_stacked_heads_are_each_heads_own() -> None:
+    """H×N×K assignments (CC's heads side by side) give each head's 2-D loss, with the same gradients."""
+    generator = torch.Generator().manual_seed(2)
+    p_a = torch.softmax(torch.randn(3, 16, 5, generator=generator), -1).requires_grad_()
+    p_b = torch.softmax(torch.randn(3, 16, 5, generator=generator), -1).requires_grad_()
+    weights = torch.rand(3, generator=generator)  # a different weight per head checks the gradients' routing
+    terms: list[tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = [
+        ("contrast", lambda a, b: cluster_contrastive_loss(a, b, 0.7)),
+        ("entropy, code", lambda a, b: cc_entropy_term(a, b, "code")),
+        ("entropy, paper", lambda a, b: cc_entropy_term(a, b, "paper")),
+    ]
+    for name, term in terms:
+        stacked = term(p_a, p_b)
+        each = torch.stack([term(p_a[h], p_b[h]) for h in range(3)])
+        assert stacked.shape == (3,), name
+        torch.testing.assert_close(stacked, each, msg=name)
+        grads = torch.autograd.grad((weights * stacked).sum(), (p_a, p_b))
+        expected = torch.autograd.grad((weights * each).sum(), (p_a, p_b))
+        for got, want in zip(grads, expected, strict=True):
+            torch.testing.assert_close(got, want, msg=name)
+    with pytest.raises(ValueError, match="N×K"):
+        cluster_contrastive_loss(p_a[None], p_b[None])
 
 
 def test_entropy_of_the_uniform_marginal_is_log_k() -> None:

@@ -340,6 +340,8 @@ def test_cc_head_zero_is_the_single_head() -> None:
 # ---------------------------------------------------------------------------------------------- DDP
 
 WORLD = 2
+# every method, and CC's stacked cluster heads (gathered along the samples of H×N×K assignments)
+DISTRIBUTED_CASES = {name: (name,) for name in NAMES} | {"cc, 3 heads": ("cc", "params.num_heads=3")}
 
 
 def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
@@ -348,14 +350,16 @@ def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         results = {}
-        for name in NAMES:
-            method = make_method(name).eval()  # BatchNorm on running statistics: independent of the split
+        for case, (name, *extra) in DISTRIBUTED_CASES.items():
+            method = make_method(
+                name, *extra
+            ).eval()  # BatchNorm on running statistics: independent of the split
             views = fixed_views(method)
             rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
             method.augmenter.forward = lambda _images, v=views, r=rows: [x[r].clone() for x in v]
             losses = method(images()[rows])
             losses["loss"].backward()
-            results[name] = {k: v.detach() for k, v in losses.items()}
+            results[case] = {k: v.detach() for k, v in losses.items()}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -365,19 +369,19 @@ def test_distributed_losses_average_to_the_single_process_loss(tmp_path: Path) -
     """Gathered NT-Xent and cluster contrast, all-reduced Sinkhorn, global-batch entropy: the mean over two
     processes of their losses on half batches equals the loss of one process on the whole batch."""
     single = {}
-    for name in NAMES:
-        method = make_method(name).eval()
+    for case, (name, *extra) in DISTRIBUTED_CASES.items():
+        method = make_method(name, *extra).eval()
         fixed_views(method)
-        single[name] = {k: v.detach() for k, v in method(images()).items()}
+        single[case] = {k: v.detach() for k, v in method(images()).items()}
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     mp.start_processes(_distributed_worker, args=(port, str(tmp_path)), nprocs=WORLD, start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    for name in NAMES:
-        for key, value in single[name].items():
-            mean = sum(r[name][key] for r in ranks) / WORLD
-            assert torch.allclose(mean, value, atol=1e-5), (name, key, mean, value)
+    for case, values in single.items():
+        for key, value in values.items():
+            mean = sum(r[case][key] for r in ranks) / WORLD
+            assert torch.allclose(mean, value, atol=1e-5), (case, key, mean, value)
 
 
 # ---------------------------------------------------------------------------------------------- configs

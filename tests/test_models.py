@@ -17,6 +17,7 @@ from deepclust.models import (
     build_backbone,
     mlp,
     small_cnn_strides,
+    stacked_cluster_probs,
 )
 
 RESNET_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
@@ -212,3 +213,25 @@ def test_cluster_head_gives_probabilities_and_logits() -> None:
     assert probs.shape == (9, 4) and probs.dtype == torch.float32
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(9))
     torch.testing.assert_close(probs, head.logits(h).softmax(dim=1))
+
+
+def test_stacked_cluster_probs_are_each_heads_probabilities() -> None:
+    """One batched pass over stacked weights: each head's own probabilities and gradients, for the heads'
+    parameters and for the features; heads with BatchNorm are called one by one."""
+    torch.manual_seed(0)
+    heads = [ClusterHead(12, 4, hidden_dim=6) for _ in range(3)]
+    h = torch.randn(9, 12, requires_grad=True)
+    stacked = stacked_cluster_probs(heads, h)
+    each = torch.stack([head(h) for head in heads])
+    assert stacked.shape == (3, 9, 4) and stacked.dtype == torch.float32
+    torch.testing.assert_close(stacked, each)
+    weights = torch.randn(3, 9, 4)
+    inputs = [h, *(p for head in heads for p in head.parameters())]
+    grads = torch.autograd.grad((weights * stacked).sum(), inputs)
+    expected = torch.autograd.grad((weights * each).sum(), inputs)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    normalised = [ClusterHead(12, 4, batch_norm=True).eval() for _ in range(2)]
+    torch.testing.assert_close(
+        stacked_cluster_probs(normalised, h), torch.stack([head(h) for head in normalised])
+    )

@@ -16,15 +16,21 @@ def two_view_contrast(anchors: Tensor, keys: Tensor, offset: int, temperature: f
     just the anchors, this rank's block when the keys were gathered). Anchor i's own key is masked out and its
     positive is the other view of the same item, key ``offset + (i + n) mod 2n``; every other key is a negative.
     No mask depends on a fixed batch size, so any n works, including a smaller last batch.
+
+    Leading dimensions (``…×2n×D`` anchors and ``…×M×D`` keys) are independent problems, one loss each.
     """
-    views = anchors.shape[0]
+    views = anchors.shape[-2]
     # scaling the 2n×D anchors is cheaper than scaling the 2n×2M logits
-    logits = (anchors / temperature) @ keys.T
+    logits = (anchors / temperature) @ keys.mT
     # anchor i sits at key offset + i: that diagonal of the logits is the self-similarity (in place, no mask)
-    logits.diagonal(offset).fill_(float("-inf"))
+    logits.diagonal(offset, dim1=-2, dim2=-1).fill_(float("-inf"))
     index = torch.arange(views, device=anchors.device)
     positive = offset + (index + views // 2) % views
-    return F.cross_entropy(logits, positive)
+    if logits.dim() == 2:
+        return F.cross_entropy(logits, positive)
+    problems = logits.shape[:-2]
+    rows = F.cross_entropy(logits.flatten(0, -2), positive.repeat(problems.numel()), reduction="none")
+    return rows.view(*problems, views).mean(dim=-1)
 
 
 def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float = 0.5, gather: bool = False) -> Tensor:

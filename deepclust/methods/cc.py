@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -29,7 +28,7 @@ from deepclust.methods.common import (
     running_head_losses,
     update_running_losses,
 )
-from deepclust.models import ClusterHead, mlp
+from deepclust.models import ClusterHead, mlp, stacked_cluster_probs
 
 
 @dataclass
@@ -123,13 +122,16 @@ class ContrastiveClustering(BackboneMethod):
         instance = nt_xent(z_a, z_b, p.instance_temperature, gather=gather)
         if instance_only:
             return {"loss": instance, "instance": instance}
-        clusters, entropies = [], []
-        for head in self.cluster_heads:
-            c_a, c_b = head(h_a), head(h_b)
-            clusters.append(cluster_contrastive_loss(c_a, c_b, p.cluster_temperature, gather=gather))
-            # The marginals of the global batch (gathering only the K cluster masses).
-            entropies.append(cc_entropy_term(c_a, c_b, variant=p.entropy_variant, gather=gather))
-        cluster, entropy = torch.stack(clusters), p.entropy_weight * torch.stack(entropies)
+        # Several heads: H×N×K assignments of all of them at once, and each loss gives H values. One head: N×K.
+        if p.num_heads > 1:
+            c_a = stacked_cluster_probs(self.cluster_heads, h_a)
+            c_b = stacked_cluster_probs(self.cluster_heads, h_b)
+        else:
+            c_a, c_b = self.cluster_head(h_a), self.cluster_head(h_b)
+        cluster = cluster_contrastive_loss(c_a, c_b, p.cluster_temperature, gather=gather).reshape(-1)
+        # The marginals of the global batch (gathering only the K cluster masses).
+        entropy = cc_entropy_term(c_a, c_b, variant=p.entropy_variant, gather=gather).reshape(-1)
+        entropy = p.entropy_weight * entropy
         best_cluster, best_entropy = cluster[0], entropy[0]
         if p.num_heads > 1:
             update_running_losses(self.head_losses, cluster + entropy, p.head_loss_momentum)

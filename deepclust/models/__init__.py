@@ -16,7 +16,7 @@ from deepclust.models.backbones import (
     build_backbone,
     small_cnn_strides,
 )
-from deepclust.models.heads import ClusterHead, Prototypes, mlp
+from deepclust.models.heads import ClusterHead, Prototypes, mlp, stacked_cluster_probs
 
 __all__ = [
     "BACKBONES",
@@ -30,4 +30,5 @@ __all__ = [
     "build_backbone",
     "mlp",
     "small_cnn_strides",
+    "stacked_cluster_probs",
 ]

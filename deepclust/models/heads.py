@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -90,3 +92,31 @@ class ClusterHead(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         """N×d features -> N×K cluster probabilities."""
         return torch.softmax(self.logits(h).float(), dim=1)
+
+
+def stacked_cluster_probs(heads: Sequence[ClusterHead], h: Tensor) -> Tensor:
+    """H×N×K: every head's ``head(h)`` at once, the same values up to float rounding.
+
+    The heads' weights are stacked and each layer becomes one batched matrix product, so H heads cost a fixed
+    number of operations instead of H times a head's. On a GPU the step is bound by the host's per-operation
+    cost (benchmarks/RESULTS.md), and CC's five heads tripled the operations of a small-CNN step. Heads with
+    BatchNorm are called one by one.
+    """
+    layers = [list(head.net) for head in heads]
+    plain = all(
+        len(net) == 3
+        and isinstance(net[0], nn.Linear)
+        and isinstance(net[1], nn.ReLU)
+        and isinstance(net[2], nn.Linear)
+        for net in layers
+    )
+    if not plain:
+        return torch.stack([head(h) for head in heads])
+    x = h.unsqueeze(0).expand(len(heads), *h.shape)
+    for index in (0, 2):
+        weight = torch.stack([net[index].weight for net in layers])  # H×out×in
+        bias = torch.stack([net[index].bias for net in layers])  # H×out
+        x = torch.baddbmm(bias.unsqueeze(1), x, weight.mT)
+        if index == 0:
+            x = torch.relu(x)
+    return torch.softmax(x.float(), dim=-1)
