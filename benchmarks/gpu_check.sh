@@ -5,7 +5,7 @@
 #      torch.compile;
 #   2. the same for the Fashion-MNIST CPU configs (small CNN, 28 px) on the GPU;
 #   3. the augmentations and the losses (against lightly, when it is installed) on the GPU;
-#   4. Fashion-MNIST quality within a time budget: three CC runs side by side on the one GPU.
+#   4. Fashion-MNIST quality within a time budget: CC runs side by side on the one GPU (three by default).
 # Fashion-MNIST must be findable (DEEPCLUST_DATA or the Debian path). Everything lands in OUT_DIR: log.txt,
 # speed.tgz (the JSON rows) and quality.tgz (the run directories without their checkpoints).
 #
@@ -14,7 +14,9 @@
 # It ends within TOTAL_S seconds (default 560): at most 200 s of throughput steps (PHASE1_S), then the quality
 # runs get the rest, less 150 s for their start-up, one final evaluation each and the packing.
 # DEVICE (default auto), STEPS, WINDOWS, WARMUP, CIFAR_N and EXTRA (overrides that come last in the throughput
-# runs, e.g. "optim.batch_size=32 train.precision=32") shrink it for a smoke run on the CPU.
+# runs, e.g. "optim.batch_size=32 train.precision=32") shrink it for a smoke run on the CPU. RUNS picks the
+# quality runs (default "cpu-config resnet18-lr1e-3 resnet18-lr3e-4"); PHASE1_S=0 skips the throughput steps, so
+# PHASE1_S=0 RUNS=cpu-config gives one run the GPU alone for about TOTAL_S − 150 s.
 set -u
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [TOTAL_S]}
 total_s=${2:-560}
@@ -24,6 +26,7 @@ windows=${WINDOWS:-3}
 warmup=${WARMUP:-10}
 cifar_n=${CIFAR_N:-60000}
 read -ra extra <<<"${EXTRA:-}"
+read -ra runs <<<"${RUNS:-cpu-config resnet18-lr1e-3 resnet18-lr3e-4}"
 export PYTHONUNBUFFERED=1
 mkdir -p "$out/speed" "$out/quality"
 out=$(cd "$out" && pwd)
@@ -72,10 +75,11 @@ limited losses 40 python3 benchmarks/loss_speed.py --device "$torch_device" --re
 tar -czf "$out/speed.tgz" -C "$out" speed
 
 minutes=$(python3 -c "print(round(max(0.5, ($total_s - $SECONDS - 150) / 60), 2))")
-stamp "quality: three CC runs of $minutes minutes side by side"
-quality() {  # quality NAME OVERRIDES...: one fmnist_budget.py run in the background
+stamp "quality: CC runs ${runs[*]} of $minutes minutes side by side"
+quality() {  # quality NAME OVERRIDES...: one fmnist_budget.py run in the background, if NAME is in RUNS
     local name=$1
     shift
+    [[ " ${runs[*]} " == *" $name "* ]] || return 0
     OMP_NUM_THREADS=4 timeout $((total_s - SECONDS - 10)) python3 benchmarks/fmnist_budget.py --minutes "$minutes" \
         --methods cc --out "$out/quality/$name" train.eval_every_epochs=1000 train.progress=false \
         device="$device" "$@" >"$out/quality/$name.log" 2>&1 || echo "quality $name: exit $?" &
@@ -86,7 +90,11 @@ jobs_started=()
 quality cpu-config
 quality resnet18-lr1e-3 model.backbone=resnet18 model.stem=cifar model.layers=null
 quality resnet18-lr3e-4 model.backbone=resnet18 model.stem=cifar model.layers=null optim.lr=0.0003
-wait "${jobs_started[@]}"  # a bare wait would also wait for the log's tee, which never ends
+if [ ${#jobs_started[@]} -eq 0 ]; then
+    echo "RUNS names no quality run: ${runs[*]}"
+else
+    wait "${jobs_started[@]}"  # a bare wait would also wait for the log's tee, which never ends
+fi
 for log in "$out"/quality/*.log; do
     echo "-- $log"
     tail -n 25 "$log"
