@@ -15,8 +15,8 @@
 # runs get the rest, less 150 s for their start-up, one final evaluation each and the packing.
 # DEVICE (default auto), STEPS, WINDOWS, WARMUP, CIFAR_N and EXTRA (overrides that come last in the throughput
 # runs, e.g. "optim.batch_size=32 train.precision=32") shrink it for a smoke run on the CPU. RUNS picks the
-# quality runs (default "cpu-config resnet18-lr1e-3 resnet18-lr3e-4"); PHASE1_S=0 skips the throughput steps, so
-# PHASE1_S=0 RUNS=cpu-config gives one run the GPU alone for about TOTAL_S − 150 s.
+# quality runs (default "cpu-config resnet18-lr1e-3 resnet18-lr3e-4"; RUNS=none for none); PHASE1_S=0 skips the
+# throughput steps, so PHASE1_S=0 RUNS=cpu-config gives one run the GPU alone for about TOTAL_S − 150 s.
 set -u
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [TOTAL_S]}
 total_s=${2:-560}
@@ -96,6 +96,7 @@ else
     wait "${jobs_started[@]}"  # a bare wait would also wait for the log's tee, which never ends
 fi
 for log in "$out"/quality/*.log; do
+    [ -e "$log" ] || continue
     echo "-- $log"
     tail -n 25 "$log"
 done
