@@ -221,8 +221,9 @@ def test_stacked_cluster_probs_are_each_heads_probabilities() -> None:
     torch.manual_seed(0)
     heads = [ClusterHead(12, 4, hidden_dim=6) for _ in range(3)]
     h = torch.randn(9, 12, requires_grad=True)
-    stacked = stacked_cluster_probs(heads, h)
+    stacked, twice = stacked_cluster_probs(heads, h, h)
     each = torch.stack([head(h) for head in heads])
+    assert torch.equal(stacked, twice)  # several inputs share the stacked weights
     assert stacked.shape == (3, 9, 4) and stacked.dtype == torch.float32
     torch.testing.assert_close(stacked, each)
     weights = torch.randn(3, 9, 4)
@@ -232,6 +233,5 @@ def test_stacked_cluster_probs_are_each_heads_probabilities() -> None:
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want)
     normalised = [ClusterHead(12, 4, batch_norm=True).eval() for _ in range(2)]
-    torch.testing.assert_close(
-        stacked_cluster_probs(normalised, h), torch.stack([head(h) for head in normalised])
-    )
+    (fallback,) = stacked_cluster_probs(normalised, h)
+    torch.testing.assert_close(fallback, torch.stack([head(h) for head in normalised]))

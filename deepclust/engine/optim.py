@@ -57,18 +57,12 @@ class LARS(Optimizer):
                     torch.ones_like(param_norms),
                 )
                 grads = [grad * scale for grad, scale in zip(grads, trust.unbind(), strict=True)]
-            buffers = [self.state[param].get("momentum_buffer") for param in params]
-            if any(buffer is None for buffer in buffers):
-                for param, grad in zip(params, grads, strict=True):
-                    buffer = self.state[param].get("momentum_buffer")
-                    if buffer is None:
-                        self.state[param]["momentum_buffer"] = grad.clone()
-                    else:
-                        buffer.mul_(group["momentum"]).add_(grad)
-                buffers = [self.state[param]["momentum_buffer"] for param in params]
-            else:
-                torch._foreach_mul_(buffers, group["momentum"])
-                torch._foreach_add_(buffers, grads)
+            # a new buffer starts at zero, so its first update m·0 + g is exactly g
+            buffers = [
+                self.state[param].setdefault("momentum_buffer", torch.zeros_like(param)) for param in params
+            ]
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, grads)
             torch._foreach_add_(params, buffers, alpha=-group["lr"])
         return loss
 

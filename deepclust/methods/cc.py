@@ -124,8 +124,7 @@ class ContrastiveClustering(BackboneMethod):
             return {"loss": instance, "instance": instance}
         # Several heads: H×N×K assignments of all of them at once, and each loss gives H values. One head: N×K.
         if p.num_heads > 1:
-            c_a = stacked_cluster_probs(self.cluster_heads, h_a)
-            c_b = stacked_cluster_probs(self.cluster_heads, h_b)
+            c_a, c_b = stacked_cluster_probs(self.cluster_heads, h_a, h_b)
         else:
             c_a, c_b = self.cluster_head(h_a), self.cluster_head(h_b)
         cluster = cluster_contrastive_loss(c_a, c_b, p.cluster_temperature, gather=gather).reshape(-1)

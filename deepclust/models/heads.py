@@ -94,13 +94,14 @@ class ClusterHead(nn.Module):
         return torch.softmax(self.logits(h).float(), dim=1)
 
 
-def stacked_cluster_probs(heads: Sequence[ClusterHead], h: Tensor) -> Tensor:
-    """H×N×K: every head's ``head(h)`` at once, the same values up to float rounding.
+def stacked_cluster_probs(heads: Sequence[ClusterHead], *features: Tensor) -> tuple[Tensor, ...]:
+    """For each N×d ``features`` (e.g. the two views), H×N×K: every head's ``head(h)`` at once, the same values
+    up to float rounding.
 
-    The heads' weights are stacked and each layer becomes one batched matrix product, so H heads cost a fixed
-    number of operations instead of H times a head's. On a GPU the step is bound by the host's per-operation
-    cost (benchmarks/RESULTS.md), and CC's five heads tripled the operations of a small-CNN step. Heads with
-    BatchNorm are called one by one.
+    The heads' weights are stacked once and each layer becomes one batched matrix product, so H heads cost a
+    fixed number of operations instead of H times a head's. On a GPU the step is bound by the host's
+    per-operation cost (benchmarks/RESULTS.md), and CC's five heads tripled the operations of a small-CNN step.
+    Heads with BatchNorm are called one by one.
     """
     layers = [list(head.net) for head in heads]
     plain = all(
@@ -111,12 +112,18 @@ def stacked_cluster_probs(heads: Sequence[ClusterHead], h: Tensor) -> Tensor:
         for net in layers
     )
     if not plain:
-        return torch.stack([head(h) for head in heads])
-    x = h.unsqueeze(0).expand(len(heads), *h.shape)
-    for index in (0, 2):
-        weight = torch.stack([net[index].weight for net in layers])  # H×out×in
-        bias = torch.stack([net[index].bias for net in layers])  # H×out
-        x = torch.baddbmm(bias.unsqueeze(1), x, weight.mT)
-        if index == 0:
-            x = torch.relu(x)
-    return torch.softmax(x.float(), dim=-1)
+        return tuple(torch.stack([head(h) for head in heads]) for h in features)
+    stacked = [
+        (
+            torch.stack([net[i].weight for net in layers]).mT,
+            torch.stack([net[i].bias for net in layers])[:, None],
+        )
+        for i in (0, 2)
+    ]  # per layer: H×in×out weights, H×1×out biases
+    probs = []
+    for h in features:
+        x = h.unsqueeze(0).expand(len(heads), *h.shape)
+        (weight_1, bias_1), (weight_2, bias_2) = stacked
+        x = torch.baddbmm(bias_2, torch.relu(torch.baddbmm(bias_1, x, weight_1)), weight_2)
+        probs.append(torch.softmax(x.float(), dim=-1))
+    return tuple(probs)
