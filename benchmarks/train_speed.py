@@ -118,6 +118,7 @@ def time_method(
         run = RunDir(Path(tmp) / "run").create()
         started = time.perf_counter()
         trainer = Trainer(cfg, run)
+        setup_s = time.perf_counter() - started
         target = trainer.fabric.device
         sync = (lambda: torch.cuda.synchronize(target)) if target.type == "cuda" else (lambda: None)
         batches = itertools.chain.from_iterable(trainer.batches.epoch(e) for e in itertools.count())
@@ -155,7 +156,7 @@ def time_method(
         "images_per_s": round(steps * batch / median_s, 1),
         "images_per_s_windows": [round(steps * batch / s, 1) for s in seconds],
         "ms_per_step": round(1000 * median_s / steps, 3),
-        "setup_and_warmup_s": round(time.perf_counter() - started - sum(seconds), 2),
+        "setup_and_warmup_s": round(setup_s + warmup_s, 2),
         "warmup_s": round(warmup_s, 2),
         "peak_memory_gib": None if peak_gib is None else round(peak_gib, 3),
         "overrides": overrides,
