@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from reread_run import extract_as_evaluated
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
@@ -48,7 +49,6 @@ from deepclust.errors import UserError
 from deepclust.evaluation import evaluate_clustering, hungarian_match, kmeans
 from deepclust.evaluation.kmeans import faiss_available
 from deepclust.evaluation.neighbours import neighbour_vote
-from deepclust.evaluation.readout import extract
 from deepclust.methods.kmeans import pixel_features
 from deepclust.methods.pretrained import load_pretrained_method
 
@@ -104,7 +104,7 @@ def main() -> None:
     labels = dataset.labels
     method = load_pretrained_method(str(args.run), cfg.data, dataset.image_shape, None)
     started = time.perf_counter()
-    outputs = extract(method, dataset, torch.device("cpu"))
+    outputs = extract_as_evaluated(args.run, method, dataset)
     features = outputs["features"]
     result: dict[str, Any] = {"run": str(args.run), "samples": len(labels)}
     print(f"{args.run}: {len(labels):,} images, {features.shape[1]}-d features")
@@ -139,7 +139,7 @@ def main() -> None:
         print("head:", {k: round(v, 4) for k, v in result["head"].items()})
         print("confident core purity (fraction of each cluster: purity):", result["confident_core"])
         mirrored = dataclasses.replace(dataset, images=np.ascontiguousarray(dataset.images[..., ::-1]))
-        mirrored_probs = extract(method, mirrored, torch.device("cpu"))["probs"]
+        mirrored_probs = extract_as_evaluated(args.run, method, mirrored)["probs"]
         result["flip"] = {
             "mirrored": evaluate_clustering(labels, mirrored_probs.argmax(1)),
             "mean": evaluate_clustering(labels, (probs + mirrored_probs).argmax(1)),

@@ -18,23 +18,24 @@ Prints the table and writes ``<run>/fresh_heads.json`` (or ``--out``) with the m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from reread_run import load_labelled_run
+from reread_run import cpu_autocast, extract_as_evaluated, load_labelled_run
 
 from deepclust.config import build_config
 from deepclust.engine.run_dir import RunDir
 from deepclust.errors import UserError
 from deepclust.evaluation import evaluate_clustering, purity
-from deepclust.evaluation.readout import extract
 from deepclust.losses import cc_entropy_term, cluster_contrastive_loss
 from deepclust.models import ClusterHead
 
@@ -42,8 +43,11 @@ BATCH = 256
 
 
 @torch.no_grad()
-def augmented_features(method: torch.nn.Module, images: np.ndarray, views: int) -> torch.Tensor:
-    """``views``×N×d backbone features of augmented copies of every image (two views per augmenter call)."""
+def augmented_features(
+    method: torch.nn.Module, images: np.ndarray, views: int, autocast: Callable[[], Any] | None = None
+) -> torch.Tensor:
+    """``views``×N×d backbone features of augmented copies of every image (two views per augmenter call), in
+    float32, the backbone run under ``autocast`` when given (the run's precision)."""
     stored: list[torch.Tensor] = []
     while len(stored) < views:
         parts: list[list[torch.Tensor]] = [[], []]
@@ -51,7 +55,8 @@ def augmented_features(method: torch.nn.Module, images: np.ndarray, views: int) 
             # a copy: torch.from_numpy warns on the dataset's read-only memory map
             batch = torch.from_numpy(np.array(images[start : start + 1024]))
             for part, view in zip(parts, method.views(batch)[:2], strict=True):
-                part.append(method.backbone(view))
+                with autocast() if autocast is not None else contextlib.nullcontext():
+                    part.append(method.backbone(view).float())
         stored.extend(torch.cat(part) for part in parts)
     return torch.stack(stored[:views])
 
@@ -128,9 +133,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     method.eval()
     started = time.time()
-    outputs = extract(method, dataset, torch.device("cpu"))
+    outputs = extract_as_evaluated(args.run, method, dataset)
     clean = torch.from_numpy(outputs["features"])
-    stored = augmented_features(method, dataset.images, args.views)
+    stored = augmented_features(method, dataset.images, args.views, cpu_autocast(args.run))
     print(
         f"{args.views} augmented views of {len(clean)} images through the frozen backbone: "
         f"{time.time() - started:.0f} s",

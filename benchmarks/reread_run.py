@@ -5,12 +5,13 @@
     python benchmarks/reread_run.py runs/bench-fmnist-v11-heads5-seed0/cc --purity 10 20 50 100 200 500
 
 For every run it rebuilds the method from ``config.yaml`` and ``checkpoints/last.pt``, extracts the features and
-probabilities of the whole dataset as the trainer's evaluation does, and computes the read-outs with the run's
-own ``kmeans`` settings and seed, plus ``--neighbour-vote K`` and ``--balanced`` (``train.neighbour_vote`` and
-``train.balanced_readout``). The read-outs the run already had come out as in its ``metrics.json``, which checks
-the re-read. ``--purity K ...`` also runs k-means with K clusters on the same features (the run's ``kmeans``
-settings and seed) and reports each partition's purity, which bounds the ACC of any merge of its clusters: how
-fine a partition of these features must be before its clusters are as pure as a target ACC.
+probabilities of the whole dataset as the trainer's evaluation does (under the precision its log recorded: bf16
+autocast on a CPU with bf16 instructions), and computes the read-outs with the run's own ``kmeans`` settings and
+seed, plus ``--neighbour-vote K`` and ``--balanced`` (``train.neighbour_vote`` and ``train.balanced_readout``).
+The read-outs the run already had come out as in its ``metrics.json``, which checks the re-read. ``--purity K
+...`` also runs k-means with K clusters on the same features (the run's ``kmeans`` settings and seed) and reports
+each partition's purity, which bounds the ACC of any merge of its clusters: how fine a partition of these
+features must be before its clusters are as pure as a target ACC.
 
 Prints every run's metrics and, for several runs, mean ± std (min–max) per read-out over the runs that have it;
 writes ``<run>/reread.json`` with the settings, the machine and the date.
@@ -23,8 +24,11 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from seed_spread import METRICS, spread
@@ -34,7 +38,7 @@ from deepclust.data import ArrayDataset, load_dataset
 from deepclust.engine.run_dir import RunDir
 from deepclust.errors import UserError
 from deepclust.evaluation import kmeans, purity
-from deepclust.evaluation.readout import compute_readouts, extract
+from deepclust.evaluation.readout import compute_readouts, extract, precision_autocast
 from deepclust.methods.base import Method
 from deepclust.methods.pretrained import load_pretrained_method
 
@@ -51,13 +55,24 @@ def load_labelled_run(run_path: Path) -> tuple[DictConfig, ArrayDataset, Method]
     return cfg, dataset, method
 
 
+def cpu_autocast(run_path: Path) -> Callable[[], Any] | None:
+    """The autocast the run's own evaluations used (bf16 on a CPU with bf16 instructions), for the CPU."""
+    return precision_autocast(RunDir.open_existing(run_path).precision(), torch.device("cpu"))
+
+
+def extract_as_evaluated(run_path: Path, method: Method, dataset: ArrayDataset) -> dict[str, np.ndarray]:
+    """Every image's features (and probabilities) on the CPU, under the precision of the run's evaluations, so
+    that its read-outs come out as in its ``metrics.json``."""
+    return extract(method, dataset, torch.device("cpu"), autocast=cpu_autocast(run_path))
+
+
 def reread(
     run_path: Path, neighbour_vote_k: int, balanced: bool, purity_ks: list[int]
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """One run's last checkpoint read out with the given settings: ``{read-out: {metric: value}}``, and the
     purity of k-means with each of ``purity_ks`` clusters on its features (keys are the K as strings)."""
     cfg, dataset, method = load_labelled_run(run_path)
-    outputs = extract(method, dataset, torch.device("cpu"))
+    outputs = extract_as_evaluated(run_path, method, dataset)
     result = compute_readouts(
         outputs,
         dataset.labels,

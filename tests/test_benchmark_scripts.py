@@ -98,7 +98,8 @@ def test_diagnose_run_rejects_a_directory_that_is_not_a_run(tmp_path: Path) -> N
 
 
 def test_reread_run_repeats_the_runs_read_outs_and_adds_the_requested_ones(tmp_path: Path) -> None:
-    run, trained = _tiny_run(tmp_path, "cc")
+    # bf16 autocast, as train.precision=auto picks on CPUs with bf16 instructions: the re-read must use it too
+    run, trained = _tiny_run(tmp_path, "cc", "train.precision=bf16-mixed")
     result = _script("reread_run.py", run.path, "--neighbour-vote", "5", "--balanced", "--purity", "10", "40")
     assert result.returncode == 0, result.stderr
     reread = json.loads((run.path / "reread.json").read_text())
@@ -122,7 +123,7 @@ def test_reread_run_repeats_the_runs_read_outs_and_adds_the_requested_ones(tmp_p
 
 
 def test_fresh_heads_trains_new_heads_on_the_frozen_backbone(tmp_path: Path) -> None:
-    run, trained = _tiny_run(tmp_path, "cc")
+    run, trained = _tiny_run(tmp_path, "cc", "train.precision=bf16-mixed")
     result = _script("fresh_heads.py", run.path, "--views", "3", "--epochs", "2", "--heads", "2")
     assert result.returncode == 0, result.stderr
     record = json.loads((run.path / "fresh_heads.json").read_text())

@@ -26,6 +26,7 @@ from deepclust.engine.optim import LARS, lr_at
 from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import Trainer, TrainingDiverged, train
 from deepclust.errors import ConfigError
+from deepclust.evaluation.readout import precision_autocast
 
 TINY = [
     "model.width=8",
@@ -164,6 +165,18 @@ def test_training_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert sum(e["event"] == "eval" for e in events) == 2
     checkpoint = torch.load(run.path / "checkpoints/last.pt", weights_only=True)
     assert checkpoint["loop"]["step"] == 2 * (1797 // 64)
+    assert run.precision() == "32-true"
+
+
+def test_precision_autocast_gives_the_context_a_run_evaluated_under(tmp_path: Path) -> None:
+    cpu = torch.device("cpu")
+    assert RunDir(tmp_path / "empty").create().precision() is None
+    assert precision_autocast("32-true", cpu) is None and precision_autocast(None, cpu) is None
+    for precision, dtype in [("bf16-mixed", torch.bfloat16), ("16-mixed", torch.float16)]:
+        autocast = precision_autocast(precision, cpu)
+        assert autocast is not None
+        with autocast():
+            assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == dtype
 
 
 def test_neighbour_vote_and_balanced_read_outs(tmp_path: Path) -> None:

@@ -85,6 +85,12 @@ class RunDir:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    def precision(self) -> str | None:
+        """The precision Fabric trained and evaluated with (``32-true``, ``bf16-mixed``, ...), as the run's last
+        start event recorded it; ``None`` when the log has none."""
+        started = [event for event in self.read_log() if event.get("event") == "start"]
+        return started[-1].get("precision") if started else None
+
     def write_metrics(self, readouts: Mapping[str, Mapping[str, float]], primary: str, **extra: Any) -> Path:
         """``metrics.json``: the primary read-out's acc/nmi/ari at top level, every read-out by name."""
         if primary not in readouts:

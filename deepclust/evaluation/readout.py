@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,17 @@ class ReadoutResult:
     confidence: np.ndarray | None
     metrics: dict[str, dict[str, float]]
     stats: dict[str, Any] = field(default_factory=dict)
+
+
+def precision_autocast(precision: str | None, device: torch.device) -> Callable[[], Any] | None:
+    """The autocast context of a Fabric precision (``bf16-mixed``, ``16-mixed``) on ``device``, or ``None`` for
+    full precision: what :func:`extract` needs to read a finished run's model as its own evaluations did (on a
+    CPU with bf16 instructions ``train.precision=auto`` evaluates under bf16 autocast)."""
+    dtypes = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+    if precision not in dtypes:
+        return None
+    dtype = dtypes[precision]
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()
