@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.fabric.plugins.precision import MixedPrecision
 from omegaconf import DictConfig
 
 from deepclust.data import ArrayDataset
@@ -33,12 +34,11 @@ class ReadoutResult:
 def precision_autocast(precision: str | None, device: torch.device) -> Callable[[], Any] | None:
     """The autocast context of a Fabric precision (``bf16-mixed``, ``16-mixed``) on ``device``, or ``None`` for
     full precision: what :func:`extract` needs to read a finished run's model as its own evaluations did (on a
-    CPU with bf16 instructions ``train.precision=auto`` evaluates under bf16 autocast)."""
-    dtypes = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-    if precision not in dtypes:
+    CPU with bf16 instructions ``train.precision=auto`` evaluates under bf16 autocast). It is the context of
+    Fabric's own mixed-precision plugin, the one the trainer's ``fabric.autocast`` enters."""
+    if precision not in ("bf16-mixed", "16-mixed"):
         return None
-    dtype = dtypes[precision]
-    return lambda: torch.autocast(device.type, dtype=dtype)
+    return MixedPrecision(precision, device.type).forward_context
 
 
 @torch.no_grad()
