@@ -233,11 +233,6 @@ def test_swav_multi_crop_trains_on_small_views_and_other_methods_refuse_them() -
     assert torch.isfinite(three(images())["loss"])
     with pytest.raises(ConfigError, match="small_crops=0"):
         make_method("cc", "augment.small_crops=2")
-    # the spatial pool reads a map of one size: the small views would not fit its linear layer
-    with pytest.raises(ConfigError, match="need model"):
-        make_method("swav", "model.pool=spatial", "augment.small_crops=2", "augment.small_crop_size=4")
-    spatial = make_method("swav", "model.pool=spatial")
-    assert torch.isfinite(spatial(images())["loss"])
 
 
 def test_swav_other_prototype_count_reads_out_kmeans() -> None:

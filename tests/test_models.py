@@ -141,8 +141,6 @@ def test_omegaconf_section_is_accepted() -> None:
         (ModelConfig(layers=[[32]]), "out_channels, stride"),
         (ModelConfig(layers=[]), "out_channels, stride"),
         (ModelConfig(backbone="resnet18", layers=[[32, 2]]), "only applies to small_cnn"),
-        (ModelConfig(pool="max"), "avg, spatial"),
-        (ModelConfig(backbone="resnet18", pool="spatial"), "only applies to small_cnn"),
     ],
 )
 def test_bad_model_config_is_a_config_error(cfg: ModelConfig, match: str) -> None:
@@ -162,24 +160,6 @@ def test_small_cnn_explicit_layers_set_widths_and_strides() -> None:
         (16, 2),
         (16, 2),
     ]
-
-
-def test_spatial_pool_reads_where_a_pattern_lies() -> None:
-    # The last map of 28 px views with strides 2, 2, 2 is 4×4: the flattened map feeds a 16·C → C linear layer.
-    spatial = build_backbone(ModelConfig(width=8, pool="spatial"), 1, 28).eval()
-    linear = next(m for m in spatial.modules() if isinstance(m, nn.Linear))
-    assert (linear.in_features, linear.out_features) == (16 * 16, 16)
-    assert spatial.feature_dim == 16
-    # The same blob in two corners: a global average pool cannot tell them apart, the spatial pool can.
-    left, right = torch.zeros(2, 1, 1, 28, 28)
-    left[..., 2:10, 2:10] = 1.0
-    right[..., 18:26, 18:26] = 1.0
-    average = build_backbone(ModelConfig(width=8, layers=[[16, 1]]), 1, 28).eval()
-    torch.manual_seed(0)
-    spatial = build_backbone(ModelConfig(width=8, layers=[[16, 1]], pool="spatial"), 1, 28).eval()
-    with torch.no_grad():
-        assert torch.allclose(average(left), average(right), atol=1e-6)
-        assert not torch.allclose(spatial(left), spatial(right), atol=1e-3)
 
 
 def test_every_listed_backbone_builds_at_a_scaled_width() -> None:

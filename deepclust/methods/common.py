@@ -123,11 +123,6 @@ class BackboneMethod(Method):
                 f"method {cfg.method!r} does not use multi-crop's small views; set augment.small_crops=0 "
                 f"(got {small_crops})"
             )
-        if small_crops and cfg.model.pool == "spatial":
-            raise ConfigError(
-                "model.pool=spatial reads a feature map of one size; multi-crop's small views need "
-                f"model.pool=avg (or augment.small_crops=0, got {small_crops})"
-            )
         self.backbone: Backbone = build_backbone(cfg.model, int(image_shape[0]), self.augmenter.image_size)
         self.feature_dim = int(self.backbone.feature_dim)
         self._channels_last = bool(cfg.train.channels_last)

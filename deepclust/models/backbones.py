@@ -49,9 +49,6 @@ class ModelConfig:
         sobel: replace the image by its two Sobel gradients of the grayscale image before the first conv.
         layers: ``small_cnn`` only: its conv layers as ``[out_channels, stride]`` pairs (stride 1 or 2),
             replacing the ones ``width`` and the image size give; ``None`` keeps those.
-        pool: ``small_cnn`` only: ``avg`` (global average pool of the last feature map) or ``spatial``
-            (the whole last map flattened, then Linear → BatchNorm → ReLU to as many features as it has
-            channels), which keeps where on the image each pattern is.
     """
 
     backbone: str = "small_cnn"
@@ -59,10 +56,6 @@ class ModelConfig:
     width: int = 64
     sobel: bool = False
     layers: list[list[int]] | None = None
-    pool: str = "avg"
-
-
-POOLS: tuple[str, ...] = ("avg", "spatial")
 
 
 class Sobel(nn.Module):
@@ -140,39 +133,22 @@ def small_cnn_layers(width: int, image_size: int) -> list[tuple[int, int]]:
 
 
 class SmallCNN(nn.Sequential):
-    """Compact all-convolutional net: (3×3 conv → BN → ReLU) layers, then global average pool and flatten.
+    """Compact all-convolutional net: (3×3 conv → BN → ReLU) layers, global average pool, flatten.
 
     ``layers`` gives each layer's ``(out_channels, stride)``; :func:`small_cnn_layers` is the default.
-    ``pool="spatial"`` replaces the average pool by the flattened last feature map of ``image_size`` px views,
-    then Linear → BN → ReLU to as many features as the last layer has channels: the features keep where each
-    pattern lies, which matters on centred, upright images (Fashion-MNIST: after 10 epochs of CC the head read
-    NMI 0.699 against 0.661 with the average pool, benchmarks/RESULTS.md).
     Down-sampling is by stride-2 convolutions: forward+backward of 512 Fashion-MNIST images took 4.4× longer
     with the stride-1 conv + max-pool pairs of a classic VGG block at the same widths (0.57 vs 0.13 s).
     Measured on one thread of the project's 2-core CPU with the other core busy, channels-last: about 0.14 s
     at w=32 and 0.5 s at w=64.
     """
 
-    def __init__(
-        self, in_channels: int, layers: list[tuple[int, int]], image_size: int = 0, pool: str = "avg"
-    ) -> None:
-        if pool == "spatial" and image_size < 1:
-            raise ValueError("pool='spatial' needs the views' image_size")
+    def __init__(self, in_channels: int, layers: list[tuple[int, int]]) -> None:
         modules: list[nn.Module] = []
-        channels, side = in_channels, image_size
+        channels = in_channels
         for out_channels, stride in layers:
             modules += _conv_bn_relu(channels, out_channels, stride)
-            channels, side = out_channels, math.ceil(side / stride)
-        if pool == "spatial":
-            tail = [
-                nn.Flatten(),
-                nn.Linear(channels * side * side, channels, bias=False),
-                nn.BatchNorm1d(channels),
-                nn.ReLU(inplace=True),
-            ]
-        else:
-            tail = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        super().__init__(*modules, *tail)
+            channels = out_channels
+        super().__init__(*modules, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.out_channels = channels
         _init_like_torchvision(self)
 
@@ -226,8 +202,6 @@ def build_backbone(cfg: ModelConfig, in_channels: int, image_size: int) -> Backb
         raise ConfigError(f"model.width must be a positive number of channels, got {cfg.width}")
     if in_channels < 1 or image_size < 1:
         raise ConfigError(f"images need at least 1 channel and 1 pixel, got {in_channels}×{image_size} px")
-    if cfg.pool not in POOLS:
-        raise ConfigError(f"model.pool must be one of {', '.join(POOLS)}; got {cfg.pool!r}")
     input_filter = Sobel(in_channels) if cfg.sobel else None
     body_channels = 2 if cfg.sobel else in_channels
     if cfg.backbone == "small_cnn":
@@ -236,12 +210,10 @@ def build_backbone(cfg: ModelConfig, in_channels: int, image_size: int) -> Backb
             if cfg.layers is not None
             else small_cnn_layers(cfg.width, image_size)
         )
-        body = SmallCNN(body_channels, layers, image_size, cfg.pool)
+        body = SmallCNN(body_channels, layers)
         return Backbone(body, body.out_channels, input_filter)
     if cfg.layers is not None:
         raise ConfigError(f"model.layers only applies to small_cnn, not {cfg.backbone}")
-    if cfg.pool != "avg":
-        raise ConfigError(f"model.pool={cfg.pool} only applies to small_cnn, not {cfg.backbone}")
     net, feature_dim = _resnet(cfg.backbone, body_channels, cfg.stem, cfg.width)
     return Backbone(net, feature_dim, input_filter)
 
