@@ -10,6 +10,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+# torch 2.14 names the single-tensor collectives ``all_gather_single`` / ``reduce_scatter_single`` and deprecates
+# the ``*_into_tensor`` / ``*_tensor`` names; torch 2.11 only has the latter. Both take (output, input).
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 def is_distributed() -> bool:
     """Whether a process group with more than one process is running."""
@@ -40,14 +45,14 @@ class _GatherWithGrad(torch.autograd.Function):
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
         x = x.contiguous()
         out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))
-        dist.all_gather_single(out, x)
+        _all_gather_single(out, x)
         return out
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
         grad = grad.contiguous()
         mine = grad.new_empty((grad.shape[0] // dist.get_world_size(), *grad.shape[1:]))
-        dist.reduce_scatter_single(mine, grad)
+        _reduce_scatter_single(mine, grad)
         return mine
 
 

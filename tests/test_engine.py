@@ -299,7 +299,9 @@ def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(tmp_pa
     process.wait()
     saved_step = torch.load(checkpoint, weights_only=True)["loop"]["step"]
     logged_before = max(e["step"] for e in RunDir(out).read_log() if e["event"] == "train")
-    assert logged_before - saved_step < 5  # lost only the steps since the last checkpoint
+    # lost only the steps since the last checkpoint: at most checkpoint_every_steps, when the kill lands after
+    # the next checkpoint's step was logged but before that checkpoint was renamed into place
+    assert 0 <= logged_before - saved_step <= 5
 
     resumed = subprocess.run([*base, "--resume", str(out)], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
