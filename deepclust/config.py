@@ -15,6 +15,7 @@ Every section is an OmegaConf structured config, so an unknown key or a value of
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +247,33 @@ def _set(cfg: DictConfig, key: str, value: Any, origin: str) -> None:
         raise ConfigError(f"{origin}: {_first_line(err)}") from None
 
 
+def check_ranges(
+    section: Any,
+    prefix: str = "",
+    *,
+    positive: Sequence[str] = (),
+    at_least_one: Sequence[str] = (),
+    non_negative: Sequence[str] = (),
+    fraction: Sequence[str] = (),
+) -> None:
+    """A :class:`ConfigError` naming the first key of ``section`` (a config tree or a method's ``params``
+    dataclass; dotted keys, shown with ``prefix``) whose value is out of its range: ``positive`` (> 0: rates,
+    temperatures), ``at_least_one`` (sizes, counts, intervals), ``non_negative`` (weights, delays) or
+    ``fraction`` ([0, 1]: momentums). ``None``, where a key allows it, means "the default" and passes. Methods
+    check their ``params`` with it (``prefix="params."``)."""
+    rules = (
+        (positive, lambda v: v > 0, "must be positive"),
+        (at_least_one, lambda v: v >= 1, "must be at least 1"),
+        (non_negative, lambda v: v >= 0, "must not be negative"),
+        (fraction, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    )
+    for keys, in_range, requirement in rules:
+        for key in keys:
+            value = functools.reduce(getattr, key.split("."), section)
+            if value is not None and not in_range(value):
+                raise ConfigError(f"{prefix}{key} {requirement}, got {value}")
+
+
 def _validate(cfg: DictConfig) -> None:
     """Checks that span sections or that the types alone cannot express."""
     k = cfg.data.num_clusters
@@ -253,11 +281,29 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.num_clusters must be at least 2, got {k}")
     if cfg.optim.batch_size < 2:
         raise ConfigError(f"optim.batch_size must be at least 2, got {cfg.optim.batch_size}")
-    if cfg.train.epochs < 1:
-        raise ConfigError(f"train.epochs must be at least 1, got {cfg.train.epochs}")
+    check_ranges(
+        cfg,
+        positive=(
+            "optim.lr",
+            "optim.grad_clip",
+            "train.time_budget_minutes",
+            "train.collapse_warning_fraction",
+        ),
+        at_least_one=(
+            "train.epochs",
+            "train.max_steps",
+            "train.devices",
+            "train.num_nodes",
+            "train.checkpoint_every_steps",
+            "train.eval_every_epochs",
+            "train.log_every_steps",
+            "kmeans.n_init",
+            "kmeans.max_iter",
+        ),
+        non_negative=("optim.weight_decay", "optim.warmup_epochs", "train.num_workers"),
+        fraction=("optim.momentum", "optim.min_lr_ratio", "train.collapse_warning_fraction"),
+    )
     budget = cfg.train.time_budget_minutes
-    if budget is not None and budget <= 0:
-        raise ConfigError(f"train.time_budget_minutes must be positive, got {budget}")
     if cfg.optim.schedule_over == "time" and budget is None:
         raise ConfigError(
             "optim.schedule_over=time schedules over the time budget: set --time-budget MINUTES"
@@ -266,8 +312,6 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"train.neighbour_vote must be 0 (off) or a number of neighbours, got {cfg.train.neighbour_vote}"
         )
-    if cfg.kmeans.n_init < 1:
-        raise ConfigError(f"kmeans.n_init must be at least 1, got {cfg.kmeans.n_init}")
     extra = cfg.data.extra_split
     if extra is not None:
         from deepclust.methods import method_class  # local: methods import this module

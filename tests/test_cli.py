@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -75,6 +76,34 @@ def test_kmeans_on_digits_writes_a_complete_run_directory(tmp_path: Path) -> Non
         (
             ["train", "--method", "cc", "--dataset", "digits", "data.extra_split=unlabeled"],
             "data.extra_split: dataset 'digits' has no split 'unlabeled'",
+        ),
+        # values out of range fail before training, not as a ZeroDivisionError or a torch error mid-run
+        (
+            ["train", "--dataset", "digits", "train.log_every_steps=0"],
+            "train.log_every_steps must be at least 1",
+        ),
+        (["train", "--dataset", "digits", "train.devices=0"], "train.devices must be at least 1, got 0"),
+        (["train", "--dataset", "digits", "optim.lr=-1"], "optim.lr must be positive"),
+        (
+            ["train", "--dataset", "digits", "optim.weight_decay=-0.1"],
+            "optim.weight_decay must not be negative",
+        ),
+        (["train", "--dataset", "digits", "optim.momentum=2"], "optim.momentum must be in [0, 1]"),
+        (
+            ["train", "--method", "cc", "--dataset", "digits", "params.instance_temperature=0"],
+            "params.instance_temperature must be positive",
+        ),
+        (
+            ["train", "--method", "simclr", "--dataset", "digits", "params.hidden_dim=0"],
+            "params.hidden_dim must be at least 1",
+        ),
+        (
+            ["train", "--method", "byol", "--dataset", "digits", "params.base_momentum=1.5"],
+            "params.base_momentum must be in [0, 1]",
+        ),
+        (
+            ["train", "--method", "swav", "--dataset", "digits", "params.num_prototypes=0"],
+            "at least 2, got 0",
         ),
         (["evaluate", "/no/such/run"], "run directory not found"),
         (["train", "--resume"], "--resume needs a run directory"),
@@ -212,3 +241,27 @@ def test_kmeans_on_the_features_of_a_trained_run(tmp_path: Path, capsys: pytest.
         assert main([*args, "--out", str(tmp_path / f"bad{i}")]) == 2
         last = capsys.readouterr().err.strip().splitlines()[-1]
         assert last.startswith("deepclust: error: kmeans.features: ") and message in last
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: path.write_bytes(b"not a checkpoint"),
+        lambda path: path.write_bytes(b""),
+        lambda path: path.write_bytes(path.read_bytes()[:2000]),  # cut short
+        lambda path: torch.save([1, 2], path),  # a valid file that is not a checkpoint
+    ],
+    ids=["garbage", "empty", "truncated", "not-a-dict"],
+)
+def test_a_damaged_checkpoint_is_one_line_and_exit_2(
+    damage: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "cc"
+    settings = ["model.width=8", "optim.batch_size=64", "train.progress=false", "train.max_steps=2"]
+    assert main(["train", "--method", "cc", "--dataset", "digits", "--out", str(run), *settings]) == 0
+    damage(run / "checkpoints" / "last.pt")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith("deepclust: error: cannot read checkpoint ") and "last.pt" in err, err

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from deepclust.errors import UserError
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -23,7 +26,19 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The checkpoint at ``path``, on the CPU; a file that is not one (damaged, empty, or holding more than
+    tensors and plain containers) is a :class:`UserError`, not a traceback from the unpickler."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        # torch's own messages run to several lines and, for weights_only, suggest turning the safety off
+        raise UserError(
+            f"cannot read checkpoint {path}: damaged, incomplete or not a deepclust checkpoint "
+            f"({type(err).__name__})"
+        ) from None
+    if not isinstance(state, dict):
+        raise UserError(f"cannot read checkpoint {path}: it holds a {type(state).__name__}, not a checkpoint")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

@@ -6,11 +6,13 @@ stays explicit so the step order, the resume state and on-device augmentation ar
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -99,6 +101,19 @@ def fabric_settings(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def _lightning_info_silenced() -> Iterator[None]:
+    """Lightning announces its mixed precision at INFO level while Fabric is built, before the method has checked
+    its settings; the trainer says it itself once they are checked (:meth:`Trainer.fit`), so that bad input
+    stays one line."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)  # its logger's name depends on which lightning packages are imported
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 class Trainer:
     """One run: built from a config, then :meth:`fit`."""
 
@@ -106,7 +121,8 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.resume = resume
-        self.fabric = Fabric(**fabric_settings(cfg))
+        with _lightning_info_silenced():
+            self.fabric = Fabric(**fabric_settings(cfg))
         self.fabric.launch()
         if self.fabric.device.type == "cuda":
             # the input sizes never change, so cuDNN's timing of its convolution algorithms pays off
@@ -252,6 +268,14 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         cfg, state = self.cfg, self.state
         budget_s = cfg.train.time_budget_minutes * 60 if cfg.train.time_budget_minutes else math.inf
+        precision = self.fabric._precision.precision if hasattr(self.fabric, "_precision") else None
+        processes = f", {self.fabric.world_size} processes" if self.fabric.world_size > 1 else ""
+        limit = f" or {cfg.train.time_budget_minutes:g} minutes" if cfg.train.time_budget_minutes else ""
+        self.console.print(
+            f"training {cfg.method} on {self.dataset.name}: {len(self.dataset):,} images, K = {self.num_clusters}; "
+            f"up to {self.total_steps - state.step:,} steps{limit} on {self.fabric.device.type}{processes}, "
+            f"precision {precision}"
+        )
         self._log(
             "start",
             method=cfg.method,
@@ -260,7 +284,7 @@ class Trainer:
             num_clusters=self.num_clusters,
             total_steps=self.total_steps,
             world_size=self.fabric.world_size,
-            precision=self.fabric._precision.precision if hasattr(self.fabric, "_precision") else None,
+            precision=precision,
             **(
                 {"extra_split": cfg.data.extra_split, "extra_samples": len(self.extra_batches.dataset)}
                 if self.extra_batches is not None

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from deepclust.config import check_ranges
 from deepclust.losses import byol_loss
 from deepclust.methods.common import BackboneMethod
 from deepclust.models import mlp
@@ -48,6 +49,7 @@ class BYOL(BackboneMethod):
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
         p = self.params
+        check_ranges(p, "params.", at_least_one=("projection_dim", "hidden_dim"), fraction=("base_momentum",))
         self.projector = mlp(self.feature_dim, p.hidden_dim, p.projection_dim, num_layers=2, batch_norm=True)
         self.predictor = mlp(p.projection_dim, p.hidden_dim, p.projection_dim, num_layers=2, batch_norm=True)
         # The target starts as an exact copy of the online encoder (paper §3.2) and only ever moves by EMA.

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from deepclust.config import check_ranges
 from deepclust.errors import ConfigError
 from deepclust.losses import cc_entropy_term, cluster_contrastive_loss, nt_xent
 from deepclust.losses.cluster_contrast import ENTROPY_VARIANTS
@@ -80,6 +81,13 @@ class ContrastiveClustering(BackboneMethod):
         if p.entropy_variant not in ENTROPY_VARIANTS:
             choices = ", ".join(ENTROPY_VARIANTS)
             raise ConfigError(f"params.entropy_variant must be one of {choices}; got {p.entropy_variant!r}")
+        check_ranges(
+            p,
+            "params.",
+            positive=("instance_temperature", "cluster_temperature"),
+            at_least_one=("instance_dim", "hidden_dim"),
+            non_negative=("entropy_weight",),
+        )
         head_losses = running_head_losses(p.num_heads, p.head_loss_momentum)
         hidden = p.hidden_dim or self.feature_dim
         self.instance_head = mlp(self.feature_dim, hidden, p.instance_dim, num_layers=2, batch_norm=False)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
+from deepclust.config import check_ranges
 from deepclust.data import ArrayDataset
 from deepclust.distributed import all_gather_with_grad, broadcast_
 from deepclust.errors import ConfigError
@@ -87,16 +88,14 @@ class ProPos(BYOL):
             raise ConfigError(
                 f"params.momentum_schedule must be one of {choices}; got {p.momentum_schedule!r}"
             )
-        if p.temperature <= 0:
-            raise ConfigError(f"params.temperature must be positive, got {p.temperature}")
-        if p.cluster_weight < 0 or p.latent_std < 0:
-            raise ConfigError("params.cluster_weight and params.latent_std must not be negative")
-        if p.warmup_epochs < 0:
-            raise ConfigError(f"params.warmup_epochs must not be negative, got {p.warmup_epochs}")
-        if p.reassign_every_epochs < 1 or p.pseudo_label_n_init < 1:
-            raise ConfigError(
-                "params.reassign_every_epochs and params.pseudo_label_n_init must be at least 1"
-            )
+        check_ranges(
+            p,
+            "params.",
+            positive=("temperature", "predictor_lr_scale"),
+            at_least_one=("projection_dim", "hidden_dim", "reassign_every_epochs", "pseudo_label_n_init"),
+            non_negative=("cluster_weight", "latent_std", "warmup_epochs"),
+            fraction=("base_momentum",),
+        )
         # one k-means label per dataset sample, empty until the first assignment, saved through get_extra_state
         self.pseudo_labels = torch.empty(0, dtype=torch.int64)
         # their copy on the training device (made at the first step that needs it): a batch's lookup then costs

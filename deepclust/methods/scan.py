@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from deepclust.config import check_ranges
 from deepclust.data import ArrayDataset
 from deepclust.engine.checkpoint import load_checkpoint
 from deepclust.errors import ConfigError, UserError
@@ -114,8 +115,7 @@ class SCAN(BackboneMethod):
         if p.neighbour_space not in NEIGHBOUR_SPACES:
             choices = ", ".join(NEIGHBOUR_SPACES)
             raise ConfigError(f"params.neighbour_space must be one of {choices}; got {p.neighbour_space!r}")
-        if p.num_neighbours < 1:
-            raise ConfigError(f"params.num_neighbours must be at least 1, got {p.num_neighbours}")
+        check_ranges(p, "params.", at_least_one=("num_neighbours",), non_negative=("entropy_weight",))
         if p.pretrained is None and p.neighbour_space == "features":
             raise ConfigError(
                 "SCAN mines neighbours with a pretrained backbone: set params.pretrained=RUN_DIR "

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from deepclust.config import check_ranges
 from deepclust.losses import nt_xent
 from deepclust.methods.common import BackboneMethod
 from deepclust.models import mlp
@@ -43,6 +44,9 @@ class SimCLR(BackboneMethod):
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
+        check_ranges(
+            self.params, "params.", positive=("temperature",), at_least_one=("projection_dim", "hidden_dim")
+        )
         hidden = self.params.hidden_dim or self.feature_dim
         self.projector = mlp(
             self.feature_dim, hidden, self.params.projection_dim, num_layers=2, batch_norm=True

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
+from deepclust.config import check_ranges
 from deepclust.distributed import world_size
 from deepclust.errors import ConfigError
 from deepclust.losses import sinkhorn, swav_loss
@@ -76,11 +77,16 @@ class SwAV(BackboneMethod):
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
         p = self.params
-        if p.epsilon <= 0 or p.temperature <= 0:
-            raise ConfigError("params.epsilon and params.temperature of swav must be positive")
+        check_ranges(
+            p,
+            "params.",
+            positive=("epsilon", "temperature"),
+            at_least_one=("projection_dim", "hidden_dim", "sinkhorn_iterations"),
+            non_negative=("freeze_prototypes_steps", "queue_start_epoch"),
+        )
         if p.queue_length < 0:
             raise ConfigError(f"params.queue_length must be 0 (no queue) or positive, got {p.queue_length}")
-        self.num_prototypes = int(p.num_prototypes or num_clusters)
+        self.num_prototypes = num_clusters if p.num_prototypes is None else int(p.num_prototypes)
         if self.num_prototypes < 2:
             raise ConfigError(f"params.num_prototypes must be at least 2, got {self.num_prototypes}")
         if self.num_prototypes != num_clusters:
