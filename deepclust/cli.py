@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -82,8 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_default_formatwarning = warnings.formatwarning
+
+
+def _format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """deepclust's own warnings (a collapse, skipped files) as one line for the user; other libraries' warnings
+    keep Python's format, which says where they come from."""
+    if filename.startswith(_PACKAGE_DIR):
+        return f"deepclust: warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _format_warning
     console = Console()
     try:
         handler = {"datasets": cmd_datasets, "train": cmd_train, "evaluate": cmd_evaluate}[args.command]

@@ -171,6 +171,26 @@ def test_evaluate_recomputes_from_assignments(tmp_path: Path, capsys: pytest.Cap
     assert "1.0000" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("id,label\n0,1\n", "no 'cluster' column"),
+        ("id,label,cluster\n0,1,2\n1,0\n", "line 3: 3 columns expected"),
+        ("id,label,cluster\n0,1,x\n", "column 'cluster' holds values that are not integers"),
+    ],
+)
+def test_evaluate_refuses_a_damaged_assignments_file(
+    content: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--out", str(out), "kmeans.n_init=1"]) == 0
+    (out / "assignments.csv").write_text(content)
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err, err
+
+
 def test_help_on_every_subcommand() -> None:
     for args in ([], ["datasets"], ["train"], ["evaluate"]):
         result = run_cli(*args, "--help")
@@ -265,3 +285,28 @@ def test_a_damaged_checkpoint_is_one_line_and_exit_2(
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err, err
     assert err.startswith("deepclust: error: cannot read checkpoint ") and "last.pt" in err, err
+
+
+def test_deepclust_warnings_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warning of deepclust's own (here: a file that is not an image) reads as one line, without Python's
+    file:line prefix and source line."""
+    from PIL import Image
+
+    monkeypatch.setenv("DEEPCLUST_CACHE", str(tmp_path / "cache"))
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8not a jpeg")
+    result = run_cli(
+        "train", "--dataset", "folder", "--data-root", str(images), "--clusters", "2",
+        "--out", str(tmp_path / "run"), "kmeans.n_init=1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "broken.jpg" in line]
+    assert len(warning) == 1 and warning[0].startswith("deepclust: warning: skipped 1 unreadable"), (
+        result.stderr
+    )
+    assert "UserWarning" not in result.stderr

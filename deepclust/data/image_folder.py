@@ -121,13 +121,13 @@ def _rel(path: Path, base: Path) -> str:
 
 
 def _warn_skipped(base: Path, skipped: Sequence[str]) -> None:
-    """One warning (and log line) listing the files that could not be read."""
+    """One warning listing the files that could not be read (the CLI shows warnings; a log line as well would
+    print it twice)."""
     if not skipped:
         return
     shown = ", ".join(skipped[:_LIST_SKIPPED])
     more = f" and {len(skipped) - _LIST_SKIPPED} more" if len(skipped) > _LIST_SKIPPED else ""
     message = f"skipped {len(skipped)} unreadable image file(s) under {base}: {shown}{more}"
-    logger.warning(message)
     warnings.warn(message, UserWarning, stacklevel=2)
 
 

@@ -155,15 +155,25 @@ class RunDir:
             rows = list(reader)
         if header is None or "cluster" not in header:
             raise UserError(f"{path} is not a deepclust assignments file (no 'cluster' column)")
+        short = next((n for n, row in enumerate(rows, start=2) if len(row) != len(header)), None)
+        if short is not None:
+            raise UserError(f"{path}, line {short}: {len(header)} columns expected")
         table = {name: [row[i] for row in rows] for i, name in enumerate(header)}
+
+        def integers(column: str) -> np.ndarray:
+            try:
+                return np.asarray(table[column], dtype=np.int64)
+            except ValueError:
+                raise UserError(f"{path}: column {column!r} holds values that are not integers") from None
+
         primary = (
             self.read_metrics().get("primary", "primary") if (self.path / METRICS).is_file() else "primary"
         )
-        clusters = {primary: np.asarray(table["cluster"], dtype=np.int64)}
+        clusters = {primary: integers("cluster")}
         for name in header:
             if name.startswith("cluster_"):
-                clusters[name.removeprefix("cluster_")] = np.asarray(table[name], dtype=np.int64)
-        labels = np.asarray(table["label"], dtype=np.int64) if "label" in table else None
+                clusters[name.removeprefix("cluster_")] = integers(name)
+        labels = integers("label") if "label" in table else None
         return clusters, labels, primary
 
 
