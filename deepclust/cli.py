@@ -162,6 +162,9 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
             if value is not None and value != saved_value:
                 raise UserError(f"--{given} {value} differs from the resumed run's {saved_value}")
         cfg = build_config(config_file=run.path / CONFIG, flags=flags, overrides=args.overrides)
+        if cfg.optim.name != saved.optim.name:
+            # the optimiser state in the checkpoint is the old optimiser's; another would load it silently
+            raise UserError(f"optim.name={cfg.optim.name} differs from the resumed run's {saved.optim.name}")
         cfg.out = str(run.path)
         return cfg, run.path, True
     cfg = build_config(
@@ -188,7 +191,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 
     cfg, out, resume = _resolve_train_config(args)
     run = RunDir(out).create()
-    run.save_config(cfg)
+    if not resume:  # a resumed run's config.yaml changes only once its checkpoint has loaded (the trainer)
+        run.save_config(cfg)
     console.print(f"run directory: [bold]{run.path}[/]")
     if not method_class(cfg.method).trainable:
         if resume:

@@ -310,3 +310,26 @@ def test_deepclust_warnings_are_one_line(tmp_path: Path, monkeypatch: pytest.Mon
         result.stderr
     )
     assert "UserWarning" not in result.stderr
+
+
+def test_resume_refuses_settings_the_checkpoint_does_not_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A resume whose overrides reshape the model or swap the optimiser is one line and exit 2, and leaves the
+    run's config.yaml as it was, so that a plain --resume still works afterwards."""
+    run = tmp_path / "cc"
+    settings = ["model.width=8", "optim.batch_size=64", "train.progress=false", "train.max_steps=2"]
+    assert main(["train", "--method", "cc", "--dataset", "digits", "--out", str(run), *settings]) == 0
+    saved = (run / "config.yaml").read_text()
+    for override, message in (
+        ("model.width=16", "does not fit this configuration (size mismatch for backbone"),
+        ("params.num_heads=3", "does not fit this configuration (Missing key(s)"),
+        ("optim.name=sgd", "optim.name=sgd differs from the resumed run's adam"),
+    ):
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run), override]) == 2, override
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and message in err, err
+        assert (run / "config.yaml").read_text() == saved
+    assert main(["train", "--resume", str(run), "train.max_steps=3"]) == 0
+    assert "max_steps: 3" in (run / "config.yaml").read_text()

@@ -34,6 +34,7 @@ from deepclust.engine.run_dir import RunDir
 from deepclust.errors import ConfigError, UserError
 from deepclust.evaluation.readout import ReadoutResult, compute_readouts, extract
 from deepclust.methods import Method, method_class
+from deepclust.methods.common import first_mismatch
 from deepclust.methods.kmeans import resolve_num_clusters
 
 
@@ -243,10 +244,18 @@ class Trainer:
         if not self.last_path.is_file():
             raise UserError(f"nothing to resume: {self.last_path} does not exist")
         checkpoint = load_checkpoint(self.last_path)
-        self.method.load_state_dict(checkpoint["method"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            self.method.load_state_dict(checkpoint["method"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise UserError(
+                f"{self.last_path} does not fit this configuration ({first_mismatch(err)}); settings that shape "
+                "the model or the optimiser (model.*, params.*) cannot change on --resume"
+            ) from None
         self.state = LoopState(**checkpoint["loop"])
         set_rng_state(checkpoint["rng"])
+        if self.fabric.is_global_zero:
+            self.run_dir.save_config(self.cfg)  # with this session's overrides, now that the checkpoint fits
         self._log("resume", step=self.state.step, epoch=self.state.epoch)
         self.console.print(f"resumed from {self.last_path} at step {self.state.step}")
 

@@ -52,10 +52,11 @@ def build_augmenter(cfg: DictConfig, image_shape: tuple[int, int, int]) -> ViewA
     return ViewAugmenter(cfg.augment, channels, int(image_shape[1]), mean, std)
 
 
-def first_mismatch(err: RuntimeError) -> str:
+def first_mismatch(err: Exception) -> str:
     """The first specific line of a ``load_state_dict`` error (the first line only says that loading failed)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[1] if len(lines) > 1 else lines[0] if lines else "unknown error"
+    line = lines[1] if len(lines) > 1 else lines[0] if lines else "unknown error"
+    return line if len(line) <= 160 else line[:157] + "..."  # a list of missing keys can run to pages
 
 
 def readout_outputs(features: Tensor, probs: Tensor | None = None) -> dict[str, Tensor]:
