@@ -22,6 +22,7 @@ from deepclust import __version__
 from deepclust.errors import UserError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "deepclust: interrupted; a training run continues with `deepclust train --resume RUN_DIR`",
             file=sys.stderr,
         )
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def cmd_datasets(args: argparse.Namespace, console: Console) -> int:
@@ -201,13 +202,16 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 
         metrics = run_kmeans(cfg, run, console)
     else:
-        from deepclust.engine.trainer import TrainingDiverged, train
+        from deepclust.engine.trainer import TrainingDiverged, TrainingInterrupted, train
 
         try:
             metrics = train(cfg, run, resume=resume)
         except TrainingDiverged as err:
             print(f"deepclust: training stopped: {err}", file=sys.stderr)
             return 1
+        except TrainingInterrupted as err:
+            print(f"deepclust: {err}; continue with: deepclust train --resume {run.path}", file=sys.stderr)
+            return EXIT_INTERRUPTED
     if not metrics:  # a non-zero rank of a distributed run: rank 0 reports
         return 0
     print_metrics(console, metrics, f"{cfg.method} on {cfg.data.name}")

@@ -310,6 +310,48 @@ def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(tmp_pa
     assert json.loads((out / "metrics.json").read_text())["step"] == 4 * (1797 // 64)
 
 
+def test_ctrl_c_saves_after_the_step_then_resumes(tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) mid-epoch, far from any periodic checkpoint: the run saves the state after its last
+    finished step, exits with 130 and says how to continue; the resume starts at the next step."""
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "deepclust.cli", "train", "--method", "cc", "--dataset", "digits"]
+    options = [
+        *TINY,
+        "train.epochs=1000",
+        "train.eval_every_epochs=1000",
+        "train.checkpoint_every_steps=100000",
+    ]
+    process = subprocess.Popen(
+        [*base, "--out", str(out), *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 240
+    # interrupt inside the second epoch: its end-of-epoch checkpoint (step 28) is then not the last step
+    while time.time() < deadline and process.poll() is None:
+        try:
+            steps = [e["step"] for e in RunDir(out).read_log() if e["event"] == "train"]
+        except ValueError:  # a line being written
+            steps = []
+        if steps and max(steps) > 30:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert f"continue with: deepclust train --resume {out}" in stderr
+    events = RunDir(out).read_log()
+    stop = next(e for e in reversed(events) if e["event"] == "stop")
+    saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["loop"]["step"]
+    assert stop["reason"] == "interrupted" and saved == stop["step"] > 30
+    assert saved == max(e["step"] for e in events if e["event"] == "train")  # no finished step lost
+
+    total = saved + 3
+    resumed = subprocess.run(
+        [*base, "--resume", str(out), f"train.max_steps={total}"], capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(train_steps(RunDir(out))) == list(range(saved + 1, total + 1))
+
+
 def test_non_finite_loss_saves_then_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = RunDir(tmp_path).create()
     cfg = tiny_config("simclr", "train.max_steps=10")

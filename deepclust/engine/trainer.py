@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -40,6 +42,38 @@ from deepclust.methods.kmeans import resolve_num_clusters
 
 class TrainingDiverged(Exception):
     """A loss became NaN or infinite; the last good state was saved first."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C (SIGINT) stopped training between two steps; the state after the last step was saved first."""
+
+
+@contextmanager
+def _interrupt_between_steps(enabled: bool, console: Console) -> Iterator[threading.Event]:
+    """A first SIGINT sets the returned flag, which the loop reads after every step (it then saves and stops), so
+    that Ctrl-C loses no finished step; a second one interrupts at once. Only in the main thread of a single
+    process that has Python's default handler: the ranks of a distributed run would stop after different steps
+    and wait for one another."""
+    requested = threading.Event()
+    if (
+        not enabled
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield requested
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        console.print("interrupted: saving after this step (Ctrl-C again stops at once, losing it)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -312,7 +346,8 @@ class Trainer:
         # a run resumed after its budget ran out is only evaluated again, not trained a step further
         stop_reason = "time budget" if state.elapsed_s >= budget_s else "epochs"
         images_per_step = cfg.optim.batch_size * self.fabric.world_size
-        with progress:
+        single_process = self.fabric.world_size == 1
+        with progress, _interrupt_between_steps(single_process, self.console) as interrupt:
             while stop_reason == "epochs" and state.step < self.total_steps:
                 if state.batch == 0:
                     # training time (it counts in the budget), but not part of the throughput window
@@ -335,8 +370,11 @@ class Trainer:
                     if state.elapsed_s >= budget_s:
                         stop_reason = "time budget"
                         break
+                    if interrupt.is_set():
+                        stop_reason = "interrupted"
+                        break
                     wait_start = time.perf_counter()
-                if stop_reason == "time budget":
+                if stop_reason != "epochs":
                     break
                 if state.batch >= self.steps_per_epoch:
                     state.epoch += 1
@@ -353,6 +391,10 @@ class Trainer:
             )
         self.save()
         self._log("stop", step=state.step, reason=stop_reason, elapsed_s=round(state.elapsed_s, 2))
+        if stop_reason == "interrupted":
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+            raise TrainingInterrupted(f"interrupted at step {state.step}, saved to {self.last_path}")
         metrics = self.evaluate()
         if self.tensorboard is not None:
             self.tensorboard.close()
