@@ -333,3 +333,18 @@ def test_resume_refuses_settings_the_checkpoint_does_not_fit(
         assert (run / "config.yaml").read_text() == saved
     assert main(["train", "--resume", str(run), "train.max_steps=3"]) == 0
     assert "max_steps: 3" in (run / "config.yaml").read_text()
+
+
+def test_an_out_path_that_cannot_be_a_directory_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for out, message in (
+        (blocker, "a file of that name is in the way"),
+        (blocker / "run", "Not a directory"),
+    ):
+        capsys.readouterr()
+        assert main(["train", "--method", "cc", "--dataset", "digits", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"deepclust: error: cannot create run directory {out}: {message}", err

@@ -57,8 +57,16 @@ class RunDir:
         return run
 
     def create(self) -> RunDir:
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.checkpoint_dir.mkdir(exist_ok=True)
+        """Make the directory and its ``checkpoints/``; a path that cannot be one is a :class:`UserError`."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.checkpoint_dir.mkdir(exist_ok=True)
+        except FileExistsError:
+            raise UserError(
+                f"cannot create run directory {self.path}: a file of that name is in the way"
+            ) from None
+        except OSError as err:
+            raise UserError(f"cannot create run directory {self.path}: {err.strerror}") from None
         return self
 
     @property
