@@ -211,7 +211,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
             return 1
         except TrainingInterrupted as err:
             print(f"deepclust: {err}; continue with: deepclust train --resume {run.path}", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return 128 + err.signal_number  # the shell's code for a process stopped by that signal
     if not metrics:  # a non-zero rank of a distributed run: rank 0 reports
         return 0
     print_metrics(console, metrics, f"{cfg.method} on {cfg.data.name}")

@@ -310,9 +310,13 @@ def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(tmp_pa
     assert json.loads((out / "metrics.json").read_text())["step"] == 4 * (1797 // 64)
 
 
-def test_ctrl_c_saves_after_the_step_then_resumes(tmp_path: Path) -> None:
-    """SIGINT (Ctrl-C) mid-epoch, far from any periodic checkpoint: the run saves the state after its last
-    finished step, exits with 130 and says how to continue; the resume starts at the next step."""
+@pytest.mark.parametrize(("stop_signal", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_saves_after_the_step_then_resumes(
+    stop_signal: signal.Signals, exit_code: int, tmp_path: Path
+) -> None:
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's warning) mid-epoch, far from any periodic checkpoint: the run
+    saves the state after its last finished step, exits with 128 + the signal and says how to continue; the
+    resume starts at the next step."""
     out = tmp_path / "run"
     base = [sys.executable, "-m", "deepclust.cli", "train", "--method", "cc", "--dataset", "digits"]
     options = [
@@ -334,9 +338,9 @@ def test_ctrl_c_saves_after_the_step_then_resumes(tmp_path: Path) -> None:
         if steps and max(steps) > 30:
             break
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop_signal)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    assert process.returncode == exit_code, stderr
     assert f"continue with: deepclust train --resume {out}" in stderr
     events = RunDir(out).read_log()
     stop = next(e for e in reversed(events) if e["event"] == "stop")

@@ -45,35 +45,47 @@ class TrainingDiverged(Exception):
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C (SIGINT) stopped training between two steps; the state after the last step was saved first."""
+    """Ctrl-C (SIGINT) or SIGTERM stopped training between two steps; the state after the last step was saved
+    first. ``signal_number`` says which."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+# SIGINT is Ctrl-C; SIGTERM is what `kill` and job schedulers (SLURM before a time limit) send
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_PYTHON_DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
 
 @contextmanager
-def _interrupt_between_steps(enabled: bool, console: Console) -> Iterator[threading.Event]:
-    """A first SIGINT sets the returned flag, which the loop reads after every step (it then saves and stops), so
-    that Ctrl-C loses no finished step; a second one interrupts at once. Only in the main thread of a single
-    process that has Python's default handler: the ranks of a distributed run would stop after different steps
-    and wait for one another."""
-    requested = threading.Event()
-    if (
-        not enabled
-        or threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield requested
+def _stop_between_steps(enabled: bool, console: Console) -> Iterator[list[int]]:
+    """A first SIGINT or SIGTERM is recorded in the returned list, which the loop reads after every step (it then
+    saves and stops), so that neither loses a finished step; a second one interrupts at once. Only in the main
+    thread of a single process, for signals that still have Python's default handling: the ranks of a
+    distributed run would stop after different steps and wait for one another."""
+    received: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield received
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if requested.is_set():
+        if received:
             raise KeyboardInterrupt
-        requested.set()
-        console.print("interrupted: saving after this step (Ctrl-C again stops at once, losing it)")
+        received.append(signum)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        console.print(f"{name}: saving after this step (a second signal stops at once, losing it)")
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {
+        number: signal.signal(number, handler)
+        for number in _STOP_SIGNALS
+        if signal.getsignal(number) is _PYTHON_DEFAULTS[number]
+    }
     try:
-        yield requested
+        yield received
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 @dataclass
@@ -347,7 +359,7 @@ class Trainer:
         stop_reason = "time budget" if state.elapsed_s >= budget_s else "epochs"
         images_per_step = cfg.optim.batch_size * self.fabric.world_size
         single_process = self.fabric.world_size == 1
-        with progress, _interrupt_between_steps(single_process, self.console) as interrupt:
+        with progress, _stop_between_steps(single_process, self.console) as stop_signals:
             while stop_reason == "epochs" and state.step < self.total_steps:
                 if state.batch == 0:
                     # training time (it counts in the budget), but not part of the throughput window
@@ -370,7 +382,7 @@ class Trainer:
                     if state.elapsed_s >= budget_s:
                         stop_reason = "time budget"
                         break
-                    if interrupt.is_set():
+                    if stop_signals:
                         stop_reason = "interrupted"
                         break
                     wait_start = time.perf_counter()
@@ -394,7 +406,9 @@ class Trainer:
         if stop_reason == "interrupted":
             if self.tensorboard is not None:
                 self.tensorboard.close()
-            raise TrainingInterrupted(f"interrupted at step {state.step}, saved to {self.last_path}")
+            raise TrainingInterrupted(
+                f"interrupted at step {state.step}, saved to {self.last_path}", stop_signals[0]
+            )
         metrics = self.evaluate()
         if self.tensorboard is not None:
             self.tensorboard.close()
