@@ -88,13 +88,13 @@ class ProPos(BYOL):
             raise ConfigError(
                 f"params.momentum_schedule must be one of {choices}; got {p.momentum_schedule!r}"
             )
+        # BYOL's __init__ has checked the head sizes and the momentum
         check_ranges(
             p,
             "params.",
             positive=("temperature", "predictor_lr_scale"),
-            at_least_one=("projection_dim", "hidden_dim", "reassign_every_epochs", "pseudo_label_n_init"),
+            at_least_one=("reassign_every_epochs", "pseudo_label_n_init"),
             non_negative=("cluster_weight", "latent_std", "warmup_epochs"),
-            fraction=("base_momentum",),
         )
         # one k-means label per dataset sample, empty until the first assignment, saved through get_extra_state
         self.pseudo_labels = torch.empty(0, dtype=torch.int64)
