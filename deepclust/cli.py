@@ -8,18 +8,24 @@ code 2; a run that diverges exits with code 1 after saving a checkpoint.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
 
 from deepclust import __version__
 from deepclust.errors import UserError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from deepclust.engine.run_dir import RunDir
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
@@ -98,8 +104,22 @@ def _format_warning(
     return _default_formatwarning(message, category, filename, lineno, line)
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``train``'s ``key=value`` overrides allowed anywhere among its options (argparse
+    alone takes only the first unbroken run of them; ``parse_intermixed_args`` does not support sub-commands)."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "train":
+        overrides = [arg for arg in unknown if "=" in arg and not arg.startswith("-")]
+        args.overrides = [*args.overrides, *overrides]
+        unknown = [arg for arg in unknown if arg not in overrides]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     warnings.formatwarning = _format_warning
     console = Console()
     try:
@@ -188,10 +208,23 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
 
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
     from deepclust.engine.run_dir import RunDir
-    from deepclust.methods import method_class
 
     cfg, out, resume = _resolve_train_config(args)
+    # the outermost folder this call creates (runs/ itself on a first run), removed again if the run never starts
+    created = next((folder for folder in reversed([out, *out.parents]) if not folder.exists()), None)
     run = RunDir(out).create()
+    try:
+        return _train_in(run, cfg, resume, console)
+    except UserError:
+        if created is not None and not (run.checkpoint_dir / "last.pt").is_file():
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _train_in(run: RunDir, cfg: DictConfig, resume: bool, console: Console) -> int:
+    """Train (or run k-means) into the run directory ``run``; returns the exit code."""
+    from deepclust.methods import method_class
+
     if not resume:  # a resumed run's config.yaml changes only once its checkpoint has loaded (the trainer)
         run.save_config(cfg)
     console.print(f"run directory: [bold]{run.path}[/]")

@@ -96,7 +96,6 @@ class TrainConfig:
     # GPU only: cuDNN times its convolution algorithms on the first steps and keeps the fastest (the sizes are
     # fixed); the choice may differ between runs, so bit-identical GPU runs need false
     cudnn_benchmark: bool = True
-    num_workers: int = 0  # DataLoader workers; uint8 batches are cheap, augmentation runs on the device
     checkpoint_every_steps: int = 500
     eval_every_epochs: int = 5
     log_every_steps: int = 20
@@ -300,7 +299,7 @@ def _validate(cfg: DictConfig) -> None:
             "kmeans.n_init",
             "kmeans.max_iter",
         ),
-        non_negative=("optim.weight_decay", "optim.warmup_epochs", "train.num_workers"),
+        non_negative=("optim.weight_decay", "optim.warmup_epochs"),
         fraction=("optim.momentum", "optim.min_lr_ratio", "train.collapse_warning_fraction"),
     )
     budget = cfg.train.time_budget_minutes

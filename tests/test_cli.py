@@ -158,6 +158,51 @@ def test_config_file_and_overrides_are_merged(tmp_path: Path) -> None:
     assert saved.data.name == "digits"
 
 
+def test_overrides_may_come_anywhere_among_the_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = ["train", "kmeans.n_init=2", "--method", "kmeans", "--dataset", "digits", "kmeans.max_iter=50"]
+    assert main([*args, "--out", str(out), "--seed", "3", "kmeans.backend=sklearn"]) == 0
+    saved = RunDir(out).load_config()
+    assert (saved.kmeans.n_init, saved.kmeans.max_iter, saved.kmeans.backend, saved.seed) == (
+        2,
+        50,
+        "sklearn",
+        3,
+    )
+    # an unknown option is still refused in one line, wherever it stands
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--no-such-option", "--out", str(tmp_path / "other")])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_a_run_that_never_starts_leaves_no_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Missing data or a setting refused by the method: no stale run directory (nor the folders above it)."""
+    data_missing = [
+        "train",
+        "--method",
+        "cc",
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        str(tmp_path / "nothing"),
+    ]
+    assert main([*data_missing, "--out", str(tmp_path / "runs" / "a")]) == 2
+    refused = ["train", "--method", "cc", "--dataset", "digits", "params.entropy_variant=other"]
+    assert main([*refused, "--out", str(tmp_path / "runs" / "b")]) == 2
+    assert not (tmp_path / "runs").exists()
+    # a folder that was there before is the user's: it stays
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert main([*refused, "--out", str(mine)]) == 2
+    assert mine.is_dir()
+    assert capsys.readouterr().err.count("deepclust: error:") == 3
+
+
 def test_evaluate_recomputes_from_assignments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`evaluate` reads assignments.csv, not metrics.json: a changed assignment changes the printed ACC."""
     out = tmp_path / "run"
