@@ -26,7 +26,7 @@ from deepclust.engine.optim import LARS, lr_at
 from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import Trainer, TrainingDiverged, train
 from deepclust.errors import ConfigError
-from deepclust.evaluation.readout import precision_autocast
+from deepclust.evaluation.readout import feature_spread, precision_autocast
 
 TINY = [
     "model.width=8",
@@ -223,6 +223,46 @@ def test_resume_reproduces_the_uninterrupted_loss_trajectory(
     for step, loss in resumed.items():
         assert loss == pytest.approx(expected[step], abs=1e-6), step
     assert json.loads((interrupted.path / "metrics.json").read_text())["step"] == 40
+
+
+def test_resume_keeps_the_best_checkpoint_of_the_session_before(tmp_path: Path) -> None:
+    """last.pt is written before the evaluation that may replace best.pt, so its best score lags: the resumed
+    run must take best.pt's, or a worse evaluation replaces the best state."""
+    settings = ("model.width=8", "train.epochs=1", "train.eval_every_epochs=1")
+    run = RunDir(tmp_path).create()
+    train(tiny_config("cc", *settings), run)
+    best_path = run.checkpoint_dir / "best.pt"
+    best = torch.load(best_path, weights_only=True)
+    best["loop"]["best_score"] = 0.99  # a state better than anything the resumed epoch reaches
+    torch.save(best, best_path)
+    assert torch.load(run.checkpoint_dir / "last.pt", weights_only=True)["loop"]["best_score"] < 0.99
+    metrics = train(tiny_config("cc", *settings, "train.epochs=2"), run, resume=True)
+    assert metrics["step"] == 2 * (1797 // 64) and metrics["acc"] < 0.99
+    assert torch.load(best_path, weights_only=True)["loop"]["step"] == 1797 // 64
+
+
+def test_compiled_backbone_keeps_the_checkpoint_keys(tmp_path: Path) -> None:
+    """train.compile=true compiles the backbone in place: its checkpoints load into an uncompiled model."""
+    trainer = Trainer(tiny_config("cc", "train.compile=true"), RunDir(tmp_path).create())
+    keys = set(trainer.method.state_dict())
+    plain = Trainer(tiny_config("cc"), RunDir(tmp_path / "plain").create())
+    assert keys == set(plain.method.state_dict()) and not any("_orig_mod" in key for key in keys)
+
+
+def test_momentum_schedule_runs_on_the_rate_schedule_clock(tmp_path: Path) -> None:
+    """Over a time budget BYOL's momentum follows the share of the budget used, as the rate does."""
+    budget = ["train.epochs=1000", "train.time_budget_minutes=10", "optim.schedule_over=time"]
+    trainer = Trainer(tiny_config("byol", *budget, "params.base_momentum=0.9"), RunDir(tmp_path).create())
+    trainer.state.elapsed_s = 0.75 * 600
+    images = torch.tensor(trainer.dataset.images[:64])
+    trainer._step(images)
+    assert trainer.method.momentum == pytest.approx(1 - 0.1 * (math.cos(math.pi * 0.75) + 1) / 2)
+    over_steps = Trainer(
+        tiny_config("byol", "train.max_steps=8", "params.base_momentum=0.9"), RunDir(tmp_path / "s").create()
+    )
+    over_steps.state.step = 2
+    over_steps._step(images)
+    assert over_steps.method.momentum == pytest.approx(1 - 0.1 * (math.cos(math.pi * 2 / 8) + 1) / 2)
 
 
 def cc_on_tiny_stl10(tmp_path: Path) -> Path:
@@ -427,6 +467,33 @@ def test_collapse_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.warns(UserWarning, match="one cluster holds 100%"):
         train(tiny_config("cc", "train.max_steps=2"), run)
     assert any(e["event"] == "collapse_warning" for e in run.read_log())
+    assert 0.0 < json.loads((run.path / "metrics.json").read_text())["stats"]["feature_spread"] <= 1.0
+
+
+def test_feature_spread_by_hand() -> None:
+    """1 − ‖mean of the unit vectors‖²: orthogonal pairs 1 − ‖(½, ½)‖² = ½; one direction at any scale 0."""
+    assert feature_spread(np.array([[2.0, 0.0], [0.0, 5.0]])) == pytest.approx(0.5)
+    assert feature_spread(np.array([[3.0, 0.0], [300.0, 0.0]])) == pytest.approx(0.0)
+    assert feature_spread(np.array([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(1.0)
+
+
+def test_collapse_warning_for_features_that_all_point_the_same_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large features with a little noise (a collapsed representation at a scale where raw variance is not
+    small) raise the warning too."""
+    cls = trainer_module.method_class("simclr")
+
+    def collapsed(self: Any, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        noise = torch.randn(images.shape[0], 16, generator=torch.Generator().manual_seed(0))
+        return {"features": 100.0 + 0.01 * noise}
+
+    monkeypatch.setattr(cls, "readout", collapsed)
+    run = RunDir(tmp_path).create()
+    with pytest.warns(UserWarning, match="all point the same way"):
+        train(tiny_config("simclr", "train.max_steps=1"), run)
+    warning = next(e for e in run.read_log() if e["event"] == "collapse_warning")
+    assert warning["feature_spread"] < 1e-6
 
 
 def test_unknown_device_and_resume_without_checkpoint_are_user_errors(tmp_path: Path) -> None:
@@ -462,6 +529,22 @@ def test_ddp_on_cpu_with_two_processes(tmp_path: Path) -> None:
     assert len(starts) == 1 and starts[0]["world_size"] == 2
     assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3]
     assert result.stdout.count("ACC") == 1
+
+
+def test_ddp_resume_reproduces_the_loss_trajectory(tmp_path: Path) -> None:
+    """Every rank draws its own augmentations, so each must get its own random state back: two gloo processes,
+    6 steps straight against 3 steps, then `--resume` to 6."""
+    settings = ("optim.schedule=constant", "train.checkpoint_every_steps=3")
+    train_ddp_on_digits("simclr", tmp_path / "straight", *settings, "train.max_steps=6")
+    resumed = tmp_path / "resumed"
+    train_ddp_on_digits("simclr", resumed, *settings)
+    command = [sys.executable, "-m", "deepclust.cli", "train", "--resume", str(resumed), "train.max_steps=6"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected, again = train_steps(RunDir(tmp_path / "straight")), train_steps(RunDir(resumed))
+    assert sorted(again) == [4, 5, 6]
+    for step, loss in again.items():
+        assert loss == pytest.approx(expected[step], abs=1e-6), step
 
 
 def test_ddp_extra_split_leaves_the_cluster_head_unused_without_failing(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from deepclust.config import CONFIG_DIR, build_config
 from deepclust.errors import ConfigError
 from deepclust.losses import cc_entropy_term, cluster_contrastive_loss, nt_xent
 from deepclust.methods import METHODS, method_class
-from deepclust.methods.base import Method
+from deepclust.methods.base import Method, TrainingProgress
 from deepclust.models.ema import cosine_momentum
 
 IMAGE_SHAPE = (1, 8, 8)
@@ -71,8 +71,11 @@ def fixed_views(method: Method, seed: int = 1) -> list[Tensor]:
     return views
 
 
-def train_steps(method: Method, steps: int, start: int = 0, total_steps: int = 10) -> list[dict[str, Tensor]]:
-    """The training loop's step order (base.py) for steps ``start, …, start + steps − 1`` with Adam."""
+def train_steps(
+    method: Method, steps: int, start: int = 0, total_steps: int = 10, steps_per_epoch: int = 2
+) -> list[dict[str, Tensor]]:
+    """The training loop's step order (base.py) for steps ``start, …, start + steps − 1`` with Adam, in a run
+    of ``total_steps`` steps, ``steps_per_epoch`` to an epoch."""
     optimizer = torch.optim.Adam(method.parameter_groups(0.0), lr=1e-2)
     history = []
     for step in range(start, start + steps):
@@ -80,7 +83,7 @@ def train_steps(method: Method, steps: int, start: int = 0, total_steps: int = 1
         losses["loss"].backward()
         method.on_before_optimizer_step(step)
         optimizer.step()
-        method.on_after_optimizer_step(step, total_steps)
+        method.on_after_optimizer_step(TrainingProgress(step, step / total_steps, steps_per_epoch))
         optimizer.zero_grad(set_to_none=True)
         history.append({k: v.detach() for k, v in losses.items()})
     return history
@@ -133,10 +136,11 @@ def test_needs_two_views(name: str) -> None:
 
 
 def test_cosine_momentum_schedule() -> None:
-    assert cosine_momentum(0, 100, 0.99) == pytest.approx(0.99)
-    assert cosine_momentum(50, 100, 0.99) == pytest.approx(0.995)
-    assert cosine_momentum(100, 100, 0.99) == pytest.approx(1.0)
-    assert cosine_momentum(30, 100, 0.9) == pytest.approx(1 - 0.1 * (math.cos(math.pi * 0.3) + 1) / 2)
+    assert cosine_momentum(0.0, 0.99) == pytest.approx(0.99)
+    assert cosine_momentum(0.5, 0.99) == pytest.approx(0.995)
+    assert cosine_momentum(1.0, 0.99) == pytest.approx(1.0)
+    assert cosine_momentum(1.5, 0.99) == pytest.approx(1.0)  # past the end of training it stays at 1
+    assert cosine_momentum(0.3, 0.9) == pytest.approx(1 - 0.1 * (math.cos(math.pi * 0.3) + 1) / 2)
 
 
 def test_byol_target_gets_no_gradient_and_follows_ema() -> None:
@@ -151,7 +155,7 @@ def test_byol_target_gets_no_gradient_and_follows_ema() -> None:
     optimizer.step()
     target_before = [t.clone() for t in method.target.state_dict().values()]
     online_now = [o.clone() for o in online.state_dict().values()]
-    method.on_after_optimizer_step(3, 10)
+    method.on_after_optimizer_step(TrainingProgress(3, 0.3, 10))
     tau = 1 - (1 - 0.9) * (math.cos(math.pi * 3 / 10) + 1) / 2
     assert method.momentum == pytest.approx(tau)
     moved = 0
@@ -185,7 +189,7 @@ def test_swav_prototypes_frozen_then_learned_and_unit_norm() -> None:
         frozen = step < 1
         assert (weights.grad is None) == frozen
         optimizer.step()
-        method.on_after_optimizer_step(step, 10)
+        method.on_after_optimizer_step(TrainingProgress(step, step / 10, 10))
         optimizer.zero_grad(set_to_none=True)
         # Renormalising unit rows may change the last bits, so "unchanged" is up to rounding.
         assert bool((weights.detach() - before).abs().max() > 1e-4) != frozen
@@ -197,7 +201,7 @@ def test_swav_queue_fills_round_trips_and_is_used() -> None:
     method = make_method("swav", *extra).train()
     assert method.queue.shape == (2, 32, 8)
     assert "queue" in dict(method.named_buffers())
-    train_steps(method, steps=2)  # 10 total steps over 5 epochs: epoch 1 starts after 2 steps
+    train_steps(method, steps=2)  # 2 steps to an epoch: epoch 1 starts after 2 steps
     assert not method.queue.any()
     train_steps(method, steps=1, start=2)
     assert method.queue[:, :BATCH].any(dim=-1).all() and not method.queue[:, BATCH:].any()

@@ -17,6 +17,7 @@ from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import train
 from deepclust.errors import ConfigError
 from deepclust.losses import byol_loss, prototype_scattering_loss
+from deepclust.methods import TrainingProgress
 from deepclust.models.ema import cosine_momentum
 
 
@@ -118,10 +119,10 @@ def test_the_predictor_learns_at_its_scaled_rate() -> None:
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_target_momentum_schedules(schedule: str) -> None:
     method = make_method("propos", f"params.momentum_schedule={schedule}", "params.base_momentum=0.9")
-    method.on_after_optimizer_step(3, 10)
-    expected = 0.9 if schedule == "constant" else cosine_momentum(3, 10, 0.9)
+    method.on_after_optimizer_step(TrainingProgress(3, 0.3, 10))
+    expected = 0.9 if schedule == "constant" else cosine_momentum(0.3, 0.9)
     assert method.momentum == pytest.approx(expected)
-    assert not math.isclose(cosine_momentum(3, 10, 0.9), 0.9)
+    assert not math.isclose(cosine_momentum(0.3, 0.9), 0.9)
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ from deepclust.engine.optim import build_optimizer, lr_at, set_lr
 from deepclust.engine.run_dir import RunDir
 from deepclust.errors import ConfigError, UserError
 from deepclust.evaluation.readout import ReadoutResult, compute_readouts, extract
-from deepclust.methods import Method, method_class
+from deepclust.methods import Method, TrainingProgress, method_class
 from deepclust.methods.common import first_mismatch
 from deepclust.methods.kmeans import resolve_num_clusters
 
@@ -55,6 +55,8 @@ class TrainingInterrupted(Exception):
 
 # SIGINT is Ctrl-C; SIGTERM is what `kill` and job schedulers (SLURM before a time limit) send
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# the feature spread (readout.feature_spread) below which the representation counts as collapsed
+FEATURE_SPREAD_COLLAPSED = 1e-4
 _PYTHON_DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
 
@@ -199,7 +201,8 @@ class Trainer:
         if cfg.train.channels_last:
             method = method.to(memory_format=torch.channels_last)
         if cfg.train.compile and hasattr(method, "backbone"):
-            method.backbone = torch.compile(method.backbone)
+            # in place: wrapping it (torch.compile(module)) would prefix every checkpoint key with "_orig_mod."
+            method.backbone.compile()
         self.method = method
         global_batch = cfg.optim.batch_size * self.fabric.world_size
         optimizer = build_optimizer(method.parameter_groups(cfg.optim.weight_decay), cfg.optim, global_batch)
@@ -272,18 +275,29 @@ class Trainer:
     def last_path(self) -> Path:
         return self.run_dir.checkpoint_dir / "last.pt"
 
-    def _checkpoint(self) -> dict[str, Any]:
+    def _checkpoint(self, rng: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "loop": vars(self.state).copy(),
-            "rng": rng_state(),
+            "rng": rng,
             "config": to_yaml(self.cfg),
         }
 
-    def save(self, path: Path | None = None) -> None:
+    def _rng_states(self) -> dict[str, Any] | list[dict[str, Any]]:
+        """This process's random state, or under DDP every rank's, in rank order (each rank draws its own
+        augmentations, so each must get its own stream back on resume). Every rank must call it."""
+        if self.fabric.world_size == 1:
+            return rng_state()
+        states: list[Any] = [None] * self.fabric.world_size
+        torch.distributed.all_gather_object(states, rng_state())
+        return states
+
+    def save(self) -> None:
+        """``checkpoints/last.pt``, written by rank 0; every rank must call it."""
+        rng = self._rng_states()
         if self.fabric.is_global_zero:
-            save_checkpoint(self._checkpoint(), path or self.last_path)
+            save_checkpoint(self._checkpoint(rng), self.last_path)
         self.fabric.barrier()
 
     def _restore(self) -> None:
@@ -299,11 +313,35 @@ class Trainer:
                 "the model or the optimiser (model.*, params.*) cannot change on --resume"
             ) from None
         self.state = LoopState(**checkpoint["loop"])
-        set_rng_state(checkpoint["rng"])
+        self._restore_rng(checkpoint["rng"])
+        self.state.best_score = max(self.state.best_score, self._saved_best_score())
         if self.fabric.is_global_zero:
             self.run_dir.save_config(self.cfg)  # with this session's overrides, now that the checkpoint fits
         self._log("resume", step=self.state.step, epoch=self.state.epoch)
         self.console.print(f"resumed from {self.last_path} at step {self.state.step}")
+
+    def _restore_rng(self, saved: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Each rank's own random state; a checkpoint of another number of processes (or of one rank's state
+        only) cannot give every rank its stream, so then each draws a new one from the seed and the step."""
+        rank, world = self.fabric.global_rank, self.fabric.world_size
+        if isinstance(saved, list) and len(saved) == world:
+            set_rng_state(saved[rank])
+        elif isinstance(saved, dict) and world == 1:
+            set_rng_state(saved)
+        else:
+            self.fabric.seed_everything(self.cfg.seed + rank + world * self.state.step, verbose=False)
+
+    def _saved_best_score(self) -> float:
+        """The score of ``checkpoints/best.pt``: ``last.pt`` is written before the evaluation that may have
+        replaced ``best.pt``, so its own best score can lag behind (−∞ without a readable ``best.pt``)."""
+        best_path = self.run_dir.checkpoint_dir / "best.pt"
+        if not best_path.is_file():
+            return -math.inf
+        try:
+            return float(load_checkpoint(best_path)["loop"]["best_score"])
+        except (UserError, KeyError, TypeError, ValueError):
+            warnings.warn(f"{best_path} is unreadable; the next better evaluation replaces it", stacklevel=2)
+            return -math.inf
 
     def _log(self, event: str, **fields: Any) -> None:
         """Append to log.jsonl from rank 0 only (every rank runs the same loop)."""
@@ -457,6 +495,8 @@ class Trainer:
         state, cfg = self.state, self.cfg
         # training time only (evaluations excluded), saved in checkpoints, so a resumed run continues it
         progress = None if self.schedule_budget_s is None else state.elapsed_s / self.schedule_budget_s
+        # the same clock for the method's schedules (BYOL's momentum) as for the rate
+        fraction = state.step / max(1, self.total_steps) if progress is None else min(1.0, progress)
         set_lr(
             self.optimizer,
             lr_at(
@@ -487,7 +527,7 @@ class Trainer:
             self.fabric.clip_gradients(self.model, self.optimizer, max_norm=cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.method.on_after_optimizer_step(state.step, self.total_steps)
+        self.method.on_after_optimizer_step(TrainingProgress(state.step, fraction, self.steps_per_epoch))
         state.step += 1
         return losses
 
@@ -628,7 +668,8 @@ class Trainer:
         if score is not None and score > self.state.best_score:
             # label-based model selection, reported apart from the last state (see docs/engine.md)
             self.state.best_score = score
-            save_checkpoint(self._checkpoint(), self.run_dir.checkpoint_dir / "best.pt")
+            # rank 0 alone evaluates, so this holds its random state only (resume reads last.pt's)
+            save_checkpoint(self._checkpoint(rng_state()), self.run_dir.checkpoint_dir / "best.pt")
         summary = "  ".join(
             f"{name}: ACC {v['acc']:.4f} NMI {v['nmi']:.4f}" for name, v in readouts.items() if "acc" in v
         )
@@ -643,11 +684,13 @@ class Trainer:
                 message = f"read-out {name!r}: one cluster holds {share:.0%} of the samples (collapse?)"
                 warnings.warn(message, stacklevel=2)
                 self._log("collapse_warning", readout=name, largest_cluster_share=share)
-        if result.stats["feature_variance"] < 1e-6:
+        spread = result.stats["feature_spread"]
+        if spread < FEATURE_SPREAD_COLLAPSED:
             warnings.warn(
-                "the features' variance is near zero: the representation has collapsed", stacklevel=2
+                f"the features all point the same way (spread {spread:.1e}): the representation has collapsed",
+                stacklevel=2,
             )
-            self._log("collapse_warning", feature_variance=result.stats["feature_variance"])
+            self._log("collapse_warning", feature_spread=spread)
 
 
 def train(cfg: DictConfig, run_dir: RunDir, *, resume: bool = False) -> dict[str, Any]:

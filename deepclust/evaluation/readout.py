@@ -68,6 +68,15 @@ def extract(
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
+def feature_spread(features: np.ndarray) -> float:
+    """How far apart the features point: the total variance of the unit-length feature vectors, ``1 − ‖mean‖²``,
+    in [0, 1]. It is 0 when every sample has the same direction, however large the features or their noise, so
+    a collapsed representation reads near 0 at any scale (the variance of the raw features would not)."""
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    unit = features / np.maximum(norms, 1e-12)
+    return float(max(0.0, 1.0 - np.square(unit.mean(axis=0, dtype=np.float64)).sum()))
+
+
 def compute_readouts(
     outputs: dict[str, np.ndarray],
     labels: np.ndarray | None,
@@ -122,6 +131,6 @@ def compute_readouts(
             name: float(np.bincount(pred).max() / len(pred)) for name, pred in clusters.items()
         },
         "clusters_used": {name: len(np.unique(pred)) for name, pred in clusters.items()},
-        "feature_variance": float(features.var(axis=0).mean()),
+        "feature_spread": feature_spread(features),
     }
     return ReadoutResult(clusters, confidence, metrics, stats)

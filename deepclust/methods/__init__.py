@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deepclust.errors import ConfigError
-from deepclust.methods.base import Method
+from deepclust.methods.base import Method, TrainingProgress
 from deepclust.methods.byol import BYOL
 from deepclust.methods.cc import ContrastiveClustering
 from deepclust.methods.kmeans import KMeansBaseline
@@ -33,4 +33,4 @@ def method_class(name: str) -> type:
         raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}") from None
 
 
-__all__ = ["METHODS", "Method", "method_class"]
+__all__ = ["METHODS", "Method", "TrainingProgress", "method_class"]

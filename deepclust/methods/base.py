@@ -10,7 +10,7 @@ Step order in the loop (the same for every method)::
     backward(losses["loss"])
     method.on_before_optimizer_step(step)    # e.g. SwAV zeroes prototype grads while they are frozen
     optimizer.step(); scheduler update
-    method.on_after_optimizer_step(step, total_steps)   # e.g. EMA target update, prototype renormalisation
+    method.on_after_optimizer_step(progress)  # e.g. EMA target update, prototype renormalisation
 
 Optional hooks serve methods that look beyond the batch (SCAN's mined neighbours, ProPos's pseudo-labels):
 :meth:`Method.prepare_training` runs once before the first step of a new run, and :meth:`Method.on_epoch_start`
@@ -31,6 +31,7 @@ trains its instance head on the 100,000 unlabelled images this way). The paramet
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -39,6 +40,23 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from deepclust.data import ArrayDataset
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where training stands when a step's optimiser update is done (what schedules beside the rate read).
+
+    Attributes:
+        step: the 0-based index of the step just taken.
+        fraction: the share of training done, in [0, 1], on the learning-rate schedule's clock: ``step / total
+            steps``, or the share of the time budget used when the schedule runs over time
+            (``optim.schedule_over``), so that a budgeted run ends its momentum schedule with its rate.
+        steps_per_epoch: the loop's steps per epoch (for settings given in epochs).
+    """
+
+    step: int
+    fraction: float
+    steps_per_epoch: int
 
 
 class Method(nn.Module, ABC):
@@ -99,7 +117,7 @@ class Method(nn.Module, ABC):
     def on_before_optimizer_step(self, step: int) -> None:
         """Called after backward, before the optimiser step (gradients are available)."""
 
-    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
+    def on_after_optimizer_step(self, progress: TrainingProgress) -> None:
         """Called after the optimiser step (EMA updates, renormalisation, queues)."""
 
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from deepclust.config import check_ranges
 from deepclust.losses import byol_loss
+from deepclust.methods.base import TrainingProgress
 from deepclust.methods.common import BackboneMethod
 from deepclust.models import mlp
 from deepclust.models.ema import cosine_momentum, ema_update_, frozen_copy
@@ -73,7 +74,7 @@ class BYOL(BackboneMethod):
         loss = loss_ab + loss_ba
         return {"loss": loss, "byol": loss}
 
-    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
+    def on_after_optimizer_step(self, progress: TrainingProgress) -> None:
         """EMA update of the target with the momentum of this step (paper §3.2, cosine schedule)."""
-        self.momentum = cosine_momentum(step, total_steps, self.params.base_momentum)
+        self.momentum = cosine_momentum(progress.fraction, self.params.base_momentum)
         ema_update_(self.target, self._online_encoder(), self.momentum)

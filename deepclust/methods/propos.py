@@ -39,6 +39,7 @@ from deepclust.evaluation.kmeans import kmeans
 from deepclust.evaluation.metrics import evaluate_clustering
 from deepclust.evaluation.readout import extract
 from deepclust.losses import byol_loss, prototype_scattering_loss
+from deepclust.methods.base import TrainingProgress
 from deepclust.methods.byol import BYOL, BYOLConfig
 from deepclust.methods.common import readout_outputs
 from deepclust.models.ema import ema_update_
@@ -171,10 +172,10 @@ class ProPos(BYOL):
             loss = loss + self.params.cluster_weight * scattering
         return {"loss": loss, **losses}
 
-    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
+    def on_after_optimizer_step(self, progress: TrainingProgress) -> None:
         """EMA update of the target: constant momentum (the authors' code) or BYOL's cosine schedule."""
         if self.params.momentum_schedule == "cosine":
-            super().on_after_optimizer_step(step, total_steps)
+            super().on_after_optimizer_step(progress)
         else:
             ema_update_(self.target, self._online_encoder(), self.momentum)
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from deepclust.errors import ConfigError, UserError
 from deepclust.losses.self_label import confident_self_label_loss, top_per_cluster_self_label_loss
-from deepclust.methods.base import Method
+from deepclust.methods.base import Method, TrainingProgress
 from deepclust.methods.common import BackboneMethod, build_augmenter, readout_outputs
 from deepclust.methods.pretrained import load_pretrained_method
 
@@ -118,9 +118,9 @@ class SelfLabel(Method):
         if self.keeps_objective:
             self.model.on_before_optimizer_step(step)
 
-    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
+    def on_after_optimizer_step(self, progress: TrainingProgress) -> None:
         if self.keeps_objective:
-            self.model.on_after_optimizer_step(step, total_steps)
+            self.model.on_after_optimizer_step(progress)
 
     def forward(self, images: Tensor, companions: Tensor | None = None) -> dict[str, Tensor]:
         """Cross-entropy of an augmented view against the selected predictions on the evaluation view, plus

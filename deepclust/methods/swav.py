@@ -23,6 +23,7 @@ from deepclust.config import check_ranges
 from deepclust.distributed import world_size
 from deepclust.errors import ConfigError
 from deepclust.losses import sinkhorn, swav_loss
+from deepclust.methods.base import TrainingProgress
 from deepclust.methods.common import BackboneMethod
 from deepclust.models import Prototypes, mlp
 
@@ -165,11 +166,11 @@ class SwAV(BackboneMethod):
             for param in self.prototypes.parameters():
                 param.grad = None
 
-    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
+    def on_after_optimizer_step(self, progress: TrainingProgress) -> None:
         """Renormalise the prototypes to unit rows; track the step for the queue's start."""
         self.prototypes.normalize_()
-        self._steps_done = step + 1
-        self._steps_per_epoch = total_steps / max(int(self.cfg.train.epochs), 1)
+        self._steps_done = progress.step + 1
+        self._steps_per_epoch = progress.steps_per_epoch
 
     def cluster_probs(self, features: Tensor) -> Tensor | None:
         """Softmax of the prototype scores at temperature τ when there are K prototypes, else ``None``."""

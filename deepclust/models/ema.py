@@ -15,15 +15,14 @@ import torch
 from torch import Tensor, nn
 
 
-def cosine_momentum(step: int, total_steps: int, base: float) -> float:
+def cosine_momentum(fraction: float, base: float) -> float:
     """BYOL's schedule (Grill et al. 2020, §3.2): ``τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2``.
 
-    ``τ`` starts at ``base`` at ``k = 0`` and rises to 1 at ``k = K``; steps past ``K`` stay at 1.
+    ``fraction`` is ``k/K``, the share of training done (clamped to [0, 1]): ``τ`` starts at ``base`` and rises
+    to 1 at the end of training.
     """
-    if total_steps <= 0:
-        return base
-    progress = min(max(step, 0), total_steps) / total_steps
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+    fraction = min(max(fraction, 0.0), 1.0)
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * fraction) + 1.0) / 2.0
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
