@@ -16,6 +16,7 @@ Every section is an OmegaConf structured config, so an unknown key or a value of
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,6 +170,22 @@ def load_yaml(path: str | Path) -> DictConfig:
     return loaded
 
 
+# Keys that earlier versions wrote into run directories' config.yaml and that no longer exist: dropped with a
+# warning when a file is read, so that those runs can still be resumed and re-clustered.
+RETIRED_KEYS: dict[str, str] = {
+    "train.num_workers": "batches come from one background thread, so it never had an effect",
+}
+
+
+def _drop_retired_keys(file_cfg: DictConfig, origin: str | Path) -> None:
+    for key, why in RETIRED_KEYS.items():
+        section, name = key.rsplit(".", 1)
+        parent = OmegaConf.select(file_cfg, section)
+        if isinstance(parent, DictConfig) and name in parent:
+            del parent[name]
+            warnings.warn(f"{origin}: {key} is no longer a setting and is ignored ({why})", stacklevel=3)
+
+
 def default_config_file(method: str, dataset: str) -> Path | None:
     """The shipped ``configs/<method>/<dataset>.yaml``, if there is one."""
     candidate = CONFIG_DIR / method / f"{dataset}.yaml"
@@ -208,6 +225,7 @@ def build_config(
             file_cfg = load_yaml(shipped)
             config_file = shipped
     if file_cfg is not None:
+        _drop_retired_keys(file_cfg, config_file)
         cfg = _merge(cfg, file_cfg, str(config_file))
     explicit: dict[str, Any] = {"method": method, "data.name": dataset}
     explicit.update({k: v for k, v in (flags or {}).items() if v is not None})

@@ -158,6 +158,20 @@ def test_config_file_and_overrides_are_merged(tmp_path: Path) -> None:
     assert saved.data.name == "digits"
 
 
+def test_a_retired_key_in_an_old_run_config_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    """Run directories written before train.num_workers was removed still load (resume, kmeans.features)."""
+    from deepclust.config import build_config
+    from deepclust.errors import ConfigError
+
+    old = tmp_path / "config.yaml"
+    old.write_text("method: kmeans\ndata:\n  name: digits\ntrain:\n  num_workers: 0\n  epochs: 7\n")
+    with pytest.warns(UserWarning, match="train.num_workers is no longer a setting"):
+        cfg = build_config(config_file=old)
+    assert "num_workers" not in cfg.train and cfg.train.epochs == 7
+    with pytest.raises(ConfigError, match=r"unknown configuration key 'train\.num_workers'"):
+        build_config(method="kmeans", dataset="digits", overrides=["train.num_workers=2"])
+
+
 def test_overrides_may_come_anywhere_among_the_options(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
