@@ -366,20 +366,31 @@ def test_ctrl_c_or_sigterm_saves_after_the_step_then_resumes(
         "train.checkpoint_every_steps=100000",
     ]
     process = subprocess.Popen(
-        [*base, "--out", str(out), *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [*base, "--out", str(out), *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a background job of a non-interactive shell (make test &) inherits SIGINT ignored, and Python then
+        # keeps ignoring it, as it should for a user who asked for that; the test needs the usual disposition
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.time() + 240
-    # interrupt inside the second epoch: its end-of-epoch checkpoint (step 28) is then not the last step
-    while time.time() < deadline and process.poll() is None:
-        try:
-            steps = [e["step"] for e in RunDir(out).read_log() if e["event"] == "train"]
-        except ValueError:  # a line being written
-            steps = []
-        if steps and max(steps) > 30:
-            break
-        time.sleep(0.05)
-    process.send_signal(stop_signal)
-    _, stderr = process.communicate(timeout=120)
+    try:
+        deadline = time.time() + 240
+        # interrupt inside the second epoch: its end-of-epoch checkpoint (step 28) is then not the last step
+        while time.time() < deadline and process.poll() is None:
+            try:
+                steps = [e["step"] for e in RunDir(out).read_log() if e["event"] == "train"]
+            except ValueError:  # a line being written
+                steps = []
+            if steps and max(steps) > 30:
+                break
+            time.sleep(0.05)
+        process.send_signal(stop_signal)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:  # a failed test must not leave a 1000-epoch run behind
+            process.kill()
+            process.wait()
     assert process.returncode == exit_code, stderr
     assert f"continue with: deepclust train --resume {out}" in stderr
     events = RunDir(out).read_log()
