@@ -627,6 +627,40 @@ def test_cache_is_reused_and_invalidated(tmp_path: Path, monkeypatch: pytest.Mon
     third = load_dataset("folder", root=tmp_path / "imgs", cache_dir=cache)
     assert opened  # an edited file invalidates the entry
     assert tuple(third.images[3, :, 0, 0]) == (0, 0, 250)
+    # the new entry replaced the folder's old one at that size; the 5-px entry stays
+    assert sorted(entry.name.rsplit("-", 1)[0] for entry in (cache / "images").iterdir()) == [
+        "folder-5",
+        "folder-auto",
+    ]
+
+
+def test_folder_follows_linked_folders_and_reports_dangling_links(tmp_path: Path) -> None:
+    solid(tmp_path / "photos" / "c" / "x.png", (10, 0, 0))
+    solid(tmp_path / "photos" / "c" / "y.png", (20, 0, 0))
+    root = tmp_path / "root"
+    solid(root / "real.png", (30, 0, 0))
+    (root / "linked").symlink_to(tmp_path / "photos" / "c", target_is_directory=True)
+    (root / "linked" / "loop").symlink_to(tmp_path / "photos", target_is_directory=True)  # a cycle ends
+    (root / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable.*dangling\.png"):
+        ds = load_dataset("folder", root=root, cache_dir=tmp_path / "cache")
+    assert ds.ids == ["linked/x.png", "linked/y.png", "real.png"]  # photos/c once, not again through the loop
+
+
+def test_folder_photos_are_upright_and_decoded_small(tmp_path: Path) -> None:
+    """A photo tagged "rotate 90°" (EXIF orientation 6) is turned upright before the crop, and the automatic
+    size stops at 128 px."""
+    sideways = Image.new("RGB", (400, 200), (0, 0, 255))
+    sideways.paste((255, 0, 0), (0, 0, 200, 200))  # left half red: upright, the top half is red
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    solid(tmp_path / "other.png", (0, 255, 0), (300, 300))
+    ds = load_dataset("folder", root=tmp_path, cache_dir=tmp_path / "cache")
+    assert ds.image_shape == (3, 128, 128)
+    photo = ds.images[ds.ids.index("photo.jpg")]
+    top, bottom = photo[:, 10, 64], photo[:, 117, 64]
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60
 
 
 # ---------------------------------------------------------------- ArrayDataset

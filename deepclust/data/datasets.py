@@ -674,8 +674,9 @@ def _find_folder(root: Path | None) -> Path | None:
 def _load_folder(request: _Request) -> ArrayDataset:
     """Every image under the folder ``root``; labels from first-level sub-folders when ``folder_labels``.
 
-    Sizes: ``image_size`` when given, else the median of the images' shorter sides; each image has its
-    shorter side resized to that size and is centre-cropped to a square. One channel when every image is
+    Sizes: ``image_size`` when given, else the median of the images' shorter sides, at most 128 px; each image
+    (turned upright by its EXIF orientation) has its shorter side resized to that size and is centre-cropped to
+    a square. Linked sub-folders are followed. One channel when every image is
     grayscale, else RGB (transparency composited on white, palette / CMYK / 16-bit converted).
     """
     if request.root is None:
@@ -902,7 +903,7 @@ def load_dataset(
 
     ``root`` is where to look first (default ``$DEEPCLUST_DATA``; for ``folder`` it is the image folder).
     ``image_size`` sets the square side of folder-based datasets (ImageNet subsets default to 96, Tiny
-    ImageNet to 64, ``folder`` to the median shorter side); fixed-resolution sets accept only their own.
+    ImageNet to 64, ``folder`` to the median shorter side, at most 128); fixed-resolution sets accept only their own.
     ``folder_labels`` takes labels from first-level sub-folder names (``folder`` only). ``cache_dir`` holds
     decoded image folders (default ``$DEEPCLUST_CACHE`` or ``~/.cache/deepclust``).
 

@@ -5,7 +5,7 @@ to RGB (or grayscale), resizes the shorter side to the target size and centre-cr
 result under the cache directory as ``images.npy`` + ``meta.json``. Later loads memory-map ``images.npy``, so
 large sets stream from disk instead of being read into memory. The cache entry is keyed by a hash of the
 dataset name, the resolved folder, the requested size and the sorted file list with sizes and modification
-times: adding, removing or editing a file starts a new entry.
+times: adding, removing or editing a file starts a new entry, which replaces (deletes) the folder's old one.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import statistics
 import struct
 import uuid
@@ -35,7 +36,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 # PIL modes that carry no colour; a folder made only of these keeps a single channel.
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # Bump when the decoding changes, so old cache entries are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+# The largest side chosen automatically (the median shorter side otherwise): photos would decode at full size,
+# megabytes per image in the cache and millions of pixel features; data.image_size sets any size explicitly.
+AUTO_SIZE_LIMIT = 128
 # Above this many files the decoding shows a progress bar.
 PROGRESS_THRESHOLD = 1000
 # Files decoded per batch of thread-pool work, which bounds the memory held by pending results.
@@ -67,9 +71,18 @@ def is_image_file(path: Path) -> bool:
 
 
 def find_images(directory: Path) -> list[Path]:
-    """All image files under ``directory``, recursively and sorted; hidden files and folders are skipped."""
+    """All image files under ``directory``, recursively and sorted; hidden files and folders are skipped.
+
+    Linked folders are followed (as torchvision's ``ImageFolder`` does), each real folder once, so a link cycle
+    ends; a dangling link is listed, then reported as unreadable."""
     found: list[Path] = []
-    for current, dirs, files in os.walk(directory):
+    seen: set[str] = set()
+    for current, dirs, files in os.walk(directory, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.extend(Path(current) / f for f in files if is_image_file(Path(f)))
     return sorted(found)
@@ -102,7 +115,8 @@ def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
     with Image.open(path) as image:
         # JPEG only: let the decoder downscale by a power of two while keeping both sides >= size.
         image.draft(None, (size, size))
-        flat = _flatten(image, channels)
+        # the camera's orientation tag, so that a photo taken upright is cropped upright
+        flat = _flatten(ImageOps.exif_transpose(image), channels)
     if flat.size != (size, size):
         flat = ImageOps.fit(flat, (size, size), method=Image.Resampling.BICUBIC)
     array = np.asarray(flat, dtype=np.uint8)
@@ -160,7 +174,11 @@ def _cache_key(
     header = {"version": CACHE_VERSION, "name": name, "base": str(base), "size": image_size, "ch": channels}
     digest.update(json.dumps(header, sort_keys=True).encode())
     for path in files:
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError:  # a dangling link: decoding reports it as unreadable
+            digest.update(f"\n{_rel(path, base)}\tmissing".encode())
+            continue
         digest.update(f"\n{_rel(path, base)}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:20]
 
@@ -193,7 +211,8 @@ def _choose_geometry(
 ) -> tuple[int, int, list[Path], list[str]]:
     """(size, channels, readable files, skipped) when the size or channel count depends on the images.
 
-    Size rule: ``image_size`` when given, else the median of the images' shorter sides.
+    Size rule: ``image_size`` when given, else the median of the images' shorter sides, at most
+    :data:`AUTO_SIZE_LIMIT`.
     Channel rule: one channel when every image is grayscale, else three.
     """
     if image_size is not None and channels is not None:
@@ -213,7 +232,9 @@ def _choose_geometry(
     if not headers:
         return 0, 0, [], skipped
     size = (
-        image_size if image_size is not None else round(statistics.median(min(w, h) for w, h, _ in headers))
+        image_size
+        if image_size is not None
+        else min(AUTO_SIZE_LIMIT, round(statistics.median(min(w, h) for w, h, _ in headers)))
     )
     if channels is None:
         channels = 1 if all(mode in GRAYSCALE_MODES for _, _, mode in headers) else 3
@@ -258,9 +279,24 @@ def _decode_into_cache(
     os.replace(tmp, entry / "images.npy")
     ids = [_rel(files[i], base) for i in good]
     _write_json_atomic(
-        entry / "meta.json", {"ids": ids, "skipped": skipped, "size": size, "channels": channels}
+        entry / "meta.json",
+        {"ids": ids, "skipped": skipped, "size": size, "channels": channels, "base": str(base)},
     )
     return DecodedImages(images=np.load(entry / "images.npy", mmap_mode="r"), ids=ids, skipped=skipped)
+
+
+def _remove_stale_entries(current: Path, base: Path) -> None:
+    """Delete the cache entries of the same folder, name and size that ``current`` replaces (the folder's files
+    changed since): each is a full copy of the images."""
+    for entry in current.parent.glob(current.name.rsplit("-", 1)[0] + "-*"):
+        if entry == current:
+            continue
+        try:
+            stale = json.loads((entry / "meta.json").read_text()).get("base") == str(base)
+        except (OSError, ValueError):
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def load_image_files(
@@ -298,6 +334,7 @@ def load_image_files(
             raise UserError(
                 f"cannot write the image cache under {root} ({err}); set $DEEPCLUST_CACHE to a writable one"
             ) from err
+        _remove_stale_entries(entry, base)
     if not decoded.ids:
         raise UserError(f"none of the {len(files)} image file(s) under {base} could be read")
     _warn_skipped(base, decoded.skipped)
