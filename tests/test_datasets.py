@@ -382,6 +382,19 @@ def test_cifar_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
         load_dataset("cifar10", "test", tmp_path)
 
 
+def test_damaged_cifar_files_are_one_line_errors(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder, np.random.default_rng(4))
+    # a BINBYTES opcode whose 8-byte length is beyond any platform's limit
+    (folder / "data_batch_3").write_bytes(b"\x80\x04\x8e" + b"\xff" * 8)
+    with pytest.raises(UserError, match=r"data_batch_3: not a readable CIFAR pickle"):
+        load_dataset("cifar10", "train", tmp_path)
+    write_cifar10(folder, np.random.default_rng(4))
+    write_py2_pickle(folder / "batches.meta", {"label_names": ["cat", "dog"]})
+    with pytest.raises(UserError, match=r"batches\.meta: expected 10 class names, found 2"):
+        load_dataset("cifar10", "test", tmp_path)
+
+
 # ---------------------------------------------------------------- STL-10
 
 
@@ -422,6 +435,9 @@ def test_stl10_truncated_and_missing_unlabeled(tmp_path: Path) -> None:
         handle.write(b"\x00" * 10)
     with pytest.raises(UserError, match="not a whole number"):
         load_dataset("stl10", "test", tmp_path)
+    (tmp_path / "class_names.txt").write_text("airplane\nbird\n")
+    with pytest.raises(UserError, match=r"class_names\.txt: expected 10 class names, found 2"):
+        load_dataset("stl10", "train", tmp_path)
 
 
 # ---------------------------------------------------------------- ImageNet subsets

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -402,8 +403,21 @@ def _read_cifar10(directory: Path, split: str) -> _Arrays:
             labels.append(part_labels)
     names = formats.CIFAR10_CLASSES
     if (directory / "batches.meta").is_file():
-        names = tuple(formats.read_cifar_pickle(directory / "batches.meta").get("label_names", names))
+        meta = directory / "batches.meta"
+        names = _checked_names(formats.read_cifar_pickle(meta).get("label_names", names), 10, meta)
     return np.concatenate(images), np.concatenate(labels), names
+
+
+def _checked_names(names: Any, count: int, source: Path) -> tuple[str, ...]:
+    """``count`` class names read from ``source``, or a :class:`UserError` that says the file is damaged."""
+    if (
+        not isinstance(names, list | tuple)
+        or len(names) != count
+        or not all(isinstance(n, str) for n in names)
+    ):
+        found = len(names) if isinstance(names, list | tuple) else type(names).__name__
+        raise UserError(f"{source}: expected {count} class names, found {found}; download the dataset again")
+    return tuple(names)
 
 
 def _read_cifar100(directory: Path, split: str) -> _Arrays:
@@ -425,7 +439,8 @@ def _read_cifar100(directory: Path, split: str) -> _Arrays:
         labels.append(coarse)
     names = formats.CIFAR100_COARSE_NAMES
     if (directory / "meta").is_file():
-        names = tuple(formats.read_cifar_pickle(directory / "meta").get("coarse_label_names", names))
+        meta = directory / "meta"
+        names = _checked_names(formats.read_cifar_pickle(meta).get("coarse_label_names", names), 20, meta)
     return np.concatenate(images), np.concatenate(labels), names
 
 
@@ -479,10 +494,10 @@ def _load_stl10(request: _Request) -> ArrayDataset:
     if directory is None:
         raise _not_found(request, _candidates(request.root, _STL10_SUBDIRS))
     names = list(formats.STL10_CLASSES)
-    if (directory / "class_names.txt").is_file():
-        names = [
-            line.strip() for line in (directory / "class_names.txt").read_text().splitlines() if line.strip()
-        ]
+    names_file = directory / "class_names.txt"
+    if names_file.is_file():
+        lines = names_file.read_text(errors="replace").splitlines()
+        names = list(_checked_names([line.strip() for line in lines if line.strip()], 10, names_file))
     if request.split == "unlabeled":
         path = directory / "unlabeled_X.bin"
         if not path.is_file():

@@ -162,7 +162,17 @@ def read_cifar_pickle(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             content = _CifarUnpickler(handle, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,  # a length field beyond what the platform can hold
+        MemoryError,  # a length field too large to allocate
+    ) as err:
         raise UserError(f"{path}: not a readable CIFAR pickle ({err}); download the dataset again") from err
     if not isinstance(content, dict):
         raise UserError(f"{path}: expected a pickled dict, found {type(content).__name__}")
