@@ -97,6 +97,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-fmnist-budget"))
     parser.add_argument("overrides", nargs="*", help="key=value overrides passed to every run")
     args = parser.parse_args()
+    # `--methods cc key=value` hands the override to --methods, which takes every word after it
+    args.overrides = [*args.overrides, *(m for m in args.methods if "=" in m)]
+    args.methods = [m for m in args.methods if "=" not in m]
     args.out.mkdir(parents=True, exist_ok=True)
     results = [run_method(m, args.minutes, args.out, args.overrides) for m in args.methods]
     summary = {

@@ -26,10 +26,14 @@ METRICS = ("acc", "nmi", "ari")
 def read_readouts(run: Path) -> dict[str, dict[str, float]]:
     """The read-outs of an evaluated run: ``{read-out: {metric: value}}``; one line and exit 2 if it is not one."""
     try:
-        return RunDir.open_existing(run).read_metrics()["readouts"]
+        readouts = RunDir.open_existing(run).read_metrics()["readouts"]
     except UserError as error:
         print(error, file=sys.stderr)
         raise SystemExit(2) from None
+    if not readouts or any(set(METRICS) - set(values) for values in readouts.values()):
+        print(f"{run}: its read-outs have no ACC / NMI / ARI (data without labels)", file=sys.stderr)
+        raise SystemExit(2)
+    return readouts
 
 
 def spread(values: list[float]) -> str:

@@ -70,7 +70,8 @@ def test_seed_spread_gives_mean_std_and_range_per_read_out(tmp_path: Path) -> No
 def test_seed_spread_rejects_a_directory_that_is_not_an_evaluated_run(tmp_path: Path) -> None:
     unevaluated = RunDir(tmp_path / "c").create()
     unevaluated.save_config(OmegaConf.create({"method": "cc"}))
-    for bad in (tmp_path / "missing", tmp_path / "c"):
+    unlabelled = _run(tmp_path, "d", {"head": {}})  # a folder of images without labels
+    for bad in (tmp_path / "missing", tmp_path / "c", unlabelled):
         result = _script("seed_spread.py", bad)
         assert result.returncode == 2
         assert len(result.stderr.strip().splitlines()) == 1 and str(bad) in result.stderr

@@ -308,6 +308,10 @@ def test_kmeans_on_the_features_of_a_trained_run(tmp_path: Path, capsys: pytest.
     # the same clustering as k-means on the run's evaluation features, L2-normalised
     dataset = load_dataset("digits")
     method = load_pretrained_method(str(cc), RunDir(cc).load_config().data, dataset.image_shape, None)
+    # in the memory format it was trained in (train.channels_last): under bf16 the features depend on it
+    convs = [module for module in method.modules() if isinstance(module, torch.nn.Conv2d)]
+    assert not convs[-1].weight.is_contiguous()  # more than one input channel: the two formats differ
+    assert all(conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in convs)
     features = extract(method, dataset, torch.device("cpu"))["features"]
     expected = kmeans(features, 10, n_init=2, normalize=True).labels
     assert primary == "kmeans" and np.array_equal(clusters["kmeans"], expected)

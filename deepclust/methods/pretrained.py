@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig
 
 from deepclust.engine.checkpoint import load_checkpoint
@@ -52,6 +53,10 @@ def load_pretrained_method(
             raise UserError(f"{setting}: {run.path} has no start event in its log.jsonl")
         num_clusters = int(started[0]["num_clusters"])
     method: Method = method_class(cfg.method)(cfg, image_shape, num_clusters)
+    if cfg.train.channels_last:
+        # the weights' memory format as in training: under bf16 the convolutions' results depend on it, so
+        # features re-read in another format differ from the run's own evaluation in the last bits
+        method = method.to(memory_format=torch.channels_last)
     try:
         method.load_state_dict(load_checkpoint(checkpoint)["method"])
     except RuntimeError as err:
