@@ -382,6 +382,21 @@ def test_cifar_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
         load_dataset("cifar10", "test", tmp_path)
 
 
+def test_an_unreadable_file_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file the user may not read (simulated: the tests may run as root, who reads everything)."""
+    write_cifar10(tmp_path / "cifar-10-batches-py", np.random.default_rng(1))
+    real_open = Path.open
+
+    def denied(self: Path, *args: object, **kwargs: object) -> object:
+        if self.name == "test_batch":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(UserError, match=r"cifar10: cannot read .*test_batch: permission denied"):
+        load_dataset("cifar10", "test", tmp_path)
+
+
 def test_damaged_cifar_files_are_one_line_errors(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     write_cifar10(folder, np.random.default_rng(4))

@@ -918,7 +918,8 @@ def load_dataset(
 
     ``root`` is where to look first (default ``$DEEPCLUST_DATA``; for ``folder`` it is the image folder).
     ``image_size`` sets the square side of folder-based datasets (ImageNet subsets default to 96, Tiny
-    ImageNet to 64, ``folder`` to the median shorter side, at most 128); fixed-resolution sets accept only their own.
+    ImageNet to 64, ``folder`` to the median shorter side, at most 128); fixed-resolution sets accept only their
+    own.
     ``folder_labels`` takes labels from first-level sub-folder names (``folder`` only). ``cache_dir`` holds
     decoded image folders (default ``$DEEPCLUST_CACHE`` or ``~/.cache/deepclust``).
 
@@ -944,4 +945,7 @@ def load_dataset(
         folder_labels=folder_labels,
         cache_dir=None if cache_dir is None else Path(cache_dir).expanduser(),
     )
-    return loader(request)
+    try:
+        return loader(request)
+    except PermissionError as err:  # a file found but not readable by this user (image files are skipped)
+        raise UserError(f"{info.name}: cannot read {err.filename}: permission denied") from None
