@@ -12,7 +12,8 @@ def byol_loss(prediction: Tensor, target: Tensor) -> Tensor:
 
     ``prediction`` is the online network's q_θ(z_θ) and ``target`` the target network's z'_ξ, both N×D and
     L2-normalised here. The target gets no gradient (stop-gradient, Eq. 2 is minimised w.r.t. θ only). BYOL's
-    loss is symmetrised by adding the term with the two views swapped (Eq. 3); that is the method's job.
+    loss is symmetrised by adding the term with the two views swapped, ``L^BYOL = L + L̃`` (§3.1); that is the
+    method's job.
     """
     if prediction.shape != target.shape or prediction.dim() != 2:
         raise ValueError(
