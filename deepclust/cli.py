@@ -139,9 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_datasets(args: argparse.Namespace, console: Console) -> int:
     from deepclust.data import list_datasets
 
+    _check_data_root(args.data_root)
     table = Table(title="deepclust datasets")
-    for column in ("name", "classes", "size", "splits", "status", "where / how to get it"):
+    for column in ("name", "classes", "size", "splits", "status"):
         table.add_column(column)
+    table.add_column("where / how to get it", overflow="fold")  # a path cut short with "…" is no use
     for info in list_datasets():
         found = info.locate(args.data_root)
         size = f"{info.channels}×{info.resolution}×{info.resolution}" if info.resolution else "any"
@@ -157,11 +159,18 @@ def cmd_datasets(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _check_data_root(data_root: str | None) -> None:
+    """A ``--data-root`` that is not a folder is a typo: the search would silently go on to other places."""
+    if data_root is not None and not Path(data_root).expanduser().is_dir():
+        raise UserError(f"--data-root {data_root} is not a directory")
+
+
 def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
     """(config, run directory, resume?) from the command line."""
     from deepclust.config import build_config, load_yaml
     from deepclust.engine.run_dir import CONFIG, RunDir
 
+    _check_data_root(args.data_root)
     flags = {
         "seed": args.seed,
         "device": args.device,
@@ -202,6 +211,8 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
         raise UserError(
             f"{out} already holds a training run; continue it with --resume {out}, or pick another --out"
         )
+    if (out / "metrics.json").is_file():  # a finished k-means run: its results would be overwritten
+        raise UserError(f"{out} already holds a finished run; pick another --out (or delete {out})")
     cfg.out = str(out)
     return cfg, out, False
 

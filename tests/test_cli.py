@@ -192,6 +192,23 @@ def test_overrides_may_come_anywhere_among_the_options(
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
 
 
+def test_finished_runs_are_not_overwritten_and_a_wrong_data_root_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    kmeans = ["train", "--method", "kmeans", "--dataset", "digits", "kmeans.n_init=1", "--out", str(out)]
+    assert main(kmeans) == 0
+    before = (out / "metrics.json").read_text()
+    assert main(kmeans) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == before
+    # a data root that does not exist would otherwise fall through to the system's copy of the data
+    missing = tmp_path / "nope"
+    assert main([*kmeans[:-1], str(tmp_path / "other"), "--data-root", str(missing)]) == 2
+    assert main(["datasets", "--data-root", str(missing)]) == 2
+    assert capsys.readouterr().err.count(f"--data-root {missing} is not a directory") == 2
+
+
 def test_a_run_that_never_starts_leaves_no_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
