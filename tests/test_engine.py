@@ -432,7 +432,7 @@ def test_non_finite_loss_saves_then_stops(tmp_path: Path, monkeypatch: pytest.Mo
     assert all(torch.isfinite(t).all() for t in tensors if torch.is_tensor(t) and t.is_floating_point())
 
 
-def test_time_budget_stops_early_then_evaluates(tmp_path: Path) -> None:
+def test_time_budget_stops_early_then_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = RunDir(tmp_path).create()
     metrics = train(tiny_config("simclr", "train.epochs=1000", "train.time_budget_minutes=0.05"), run)
     stop = next(e for e in run.read_log() if e["event"] == "stop")
@@ -443,6 +443,7 @@ def test_time_budget_stops_early_then_evaluates(tmp_path: Path) -> None:
         tiny_config("simclr", "train.epochs=1000", "train.time_budget_minutes=0.05"), run, resume=True
     )
     assert again["step"] == stop["step"] and again["acc"] == metrics["acc"]
+    assert f"has finished training (step {stop['step']:,}); evaluating it again" in capsys.readouterr().err
     stops = [e for e in run.read_log() if e["event"] == "stop"]
     assert [e["step"] for e in stops] == [stop["step"], stop["step"]]
     assert not [e for e in run.read_log() if e["event"] == "train" and e["step"] > stop["step"]]

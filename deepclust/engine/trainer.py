@@ -194,10 +194,11 @@ class Trainer:
                 method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
             else:
                 # DDP refuses SyncBatchNorm on CPU ("SyncBatchNorm layers only work with GPU modules")
-                warnings.warn(
-                    "train.sync_batchnorm is ignored on CPU: BatchNorm statistics stay per process",
-                    stacklevel=2,
-                )
+                if self.fabric.is_global_zero:  # once, not once per process
+                    warnings.warn(
+                        "train.sync_batchnorm is ignored on CPU: BatchNorm statistics stay per process",
+                        stacklevel=2,
+                    )
         if cfg.train.channels_last:
             method = method.to(memory_format=torch.channels_last)
         if cfg.train.compile and hasattr(method, "backbone"):
@@ -310,7 +311,7 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as err:
             raise UserError(
                 f"{self.last_path} does not fit this configuration ({first_mismatch(err)}); settings that shape "
-                "the model or the optimiser (model.*, params.*) cannot change on --resume"
+                "the model or the optimiser (model.*, params.*, --clusters) cannot change on --resume"
             ) from None
         self.state = LoopState(**checkpoint["loop"])
         self._restore_rng(checkpoint["rng"])
@@ -364,11 +365,17 @@ class Trainer:
         precision = self.fabric._precision.precision if hasattr(self.fabric, "_precision") else None
         processes = f", {self.fabric.world_size} processes" if self.fabric.world_size > 1 else ""
         limit = f" or {cfg.train.time_budget_minutes:g} minutes" if cfg.train.time_budget_minutes else ""
-        self.console.print(
-            f"training {cfg.method} on {self.dataset.name}: {len(self.dataset):,} images, K = {self.num_clusters}; "
-            f"up to {self.total_steps - state.step:,} steps{limit} on {self.fabric.device.type}{processes}, "
-            f"precision {precision}"
-        )
+        budget_spent = state.elapsed_s >= budget_s
+        if budget_spent or state.step >= self.total_steps:
+            self.console.print(
+                f"{cfg.method} on {self.dataset.name} has finished training (step {state.step:,}); evaluating it again"
+            )
+        else:
+            self.console.print(
+                f"training {cfg.method} on {self.dataset.name}: {len(self.dataset):,} images, "
+                f"K = {self.num_clusters}; up to {self.total_steps - state.step:,} steps{limit} on "
+                f"{self.fabric.device.type}{processes}, precision {precision}"
+            )
         self._log(
             "start",
             method=cfg.method,
@@ -394,7 +401,7 @@ class Trainer:
         session_start = time.perf_counter() - state.elapsed_s
         window = {"start": time.perf_counter(), "data": 0.0, "steps": 0}
         # a run resumed after its budget ran out is only evaluated again, not trained a step further
-        stop_reason = "time budget" if state.elapsed_s >= budget_s else "epochs"
+        stop_reason = "time budget" if budget_spent else "epochs"
         images_per_step = cfg.optim.batch_size * self.fabric.world_size
         single_process = self.fabric.world_size == 1
         with progress, _stop_between_steps(single_process, self.console) as stop_signals:

@@ -107,6 +107,8 @@ def kmeans(
             verbose=verbose,
             # faiss subsamples to 256 points per centroid by default; cluster every point as k-means does
             max_points_per_centroid=max(256, -(-len(x) // num_clusters)),
+            # faiss prints a warning to stderr below 39 points per centroid; few points are no error here
+            min_points_per_centroid=1,
         )
         model.train(x)
         centroids = model.centroids.astype(np.float32)

@@ -30,7 +30,9 @@ def resolve_num_clusters(cfg: DictConfig, dataset: ArrayDataset) -> int:
     """K from the config, else the dataset's number of classes; checked against the number of samples."""
     k = cfg.data.num_clusters if cfg.data.num_clusters is not None else dataset.num_classes
     if k is None:
-        raise UserError(f"dataset {dataset.name!r} has no known number of classes: set data.num_clusters=K")
+        raise UserError(
+            f"dataset {dataset.name!r} has no known number of classes: pass --clusters K (data.num_clusters=K)"
+        )
     if k < 2:
         raise UserError(f"the number of clusters K must be at least 2, got {k}")
     if k > len(dataset):
