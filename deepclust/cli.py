@@ -48,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     datasets = commands.add_parser(
-        "datasets", help="list the datasets, whether their files were found and where"
+        "datasets",
+        help="list the datasets, whether their files were found and where",
+        description=(
+            "List every dataset deepclust can load: its classes, image size and splits, and whether its files "
+            "were found (where) or how to get them. Files are looked for in --data-root, then $DEEPCLUST_DATA, "
+            "then system locations."
+        ),
     )
     datasets.add_argument("--data-root", help="directory to look in first (default: $DEEPCLUST_DATA)")
 
@@ -61,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
             "e.g. optim.lr=0.001 train.epochs=5."
         ),
     )
-    train.add_argument("--method", help="kmeans (default), or a deep method")
+    train.add_argument("--method", help="kmeans (default) or a deep method (an unknown name lists them all)")
     train.add_argument("--dataset", help="dataset name (see `deepclust datasets`), default fashion-mnist")
     train.add_argument("--config", help="YAML configuration file")
     train.add_argument("--out", help="run directory (default runs/<name>)")
@@ -85,7 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides")
 
-    evaluate = commands.add_parser("evaluate", help="recompute and print the metrics of a run directory")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="recompute and print the metrics of a run directory",
+        description=(
+            "Recompute ACC, NMI and ARI of every read-out from RUN_DIR/assignments.csv and its labels, and print "
+            "them (runs of data without labels have none)."
+        ),
+    )
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     return parser
 

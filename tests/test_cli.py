@@ -268,9 +268,11 @@ def test_evaluate_refuses_a_damaged_assignments_file(
 
 
 def test_help_on_every_subcommand() -> None:
-    for args in ([], ["datasets"], ["train"], ["evaluate"]):
-        result = run_cli(*args, "--help")
+    described = {"": "Deep image clustering", "datasets": "List every dataset", "train": "Cluster a dataset"}
+    for command, description in {**described, "evaluate": "Recompute ACC, NMI and ARI"}.items():
+        result = run_cli(*([command] if command else []), "--help")
         assert result.returncode == 0 and "usage: deepclust" in result.stdout
+        assert description in " ".join(result.stdout.split()), command  # each page says what it does
 
 
 def test_datasets_lists_every_dataset_with_status() -> None:
