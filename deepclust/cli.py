@@ -220,7 +220,7 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
     if cfg.name is None:
         cfg.name = f"{cfg.method}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(args.out or cfg.out or Path("runs") / cfg.name)
-    if (out / "checkpoints" / "last.pt").is_file():
+    if RunDir(out).last_checkpoint.is_file():
         raise UserError(
             f"{out} already holds a training run; continue it with --resume {out}, or pick another --out"
         )
@@ -240,7 +240,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     try:
         return _train_in(run, cfg, resume, console)
     except UserError:
-        if created is not None and not (run.checkpoint_dir / "last.pt").is_file():
+        if created is not None and not run.last_checkpoint.is_file():
             shutil.rmtree(created, ignore_errors=True)
         raise
 

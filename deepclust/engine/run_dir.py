@@ -73,6 +73,16 @@ class RunDir:
     def checkpoint_dir(self) -> Path:
         return self.path / "checkpoints"
 
+    @property
+    def last_checkpoint(self) -> Path:
+        """``checkpoints/last.pt``: the state a ``--resume`` continues from."""
+        return self.checkpoint_dir / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """``checkpoints/best.pt``: the state of the evaluation with the best ACC (label-based selection)."""
+        return self.checkpoint_dir / "best.pt"
+
     def save_config(self, cfg: DictConfig) -> Path:
         target = self.path / CONFIG
         atomic_write_text(target, to_yaml(cfg))

@@ -274,7 +274,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------- state
     @property
     def last_path(self) -> Path:
-        return self.run_dir.checkpoint_dir / "last.pt"
+        return self.run_dir.last_checkpoint
 
     def _checkpoint(self, rng: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -335,7 +335,7 @@ class Trainer:
     def _saved_best_score(self) -> float:
         """The score of ``checkpoints/best.pt``: ``last.pt`` is written before the evaluation that may have
         replaced ``best.pt``, so its own best score can lag behind (−∞ without a readable ``best.pt``)."""
-        best_path = self.run_dir.checkpoint_dir / "best.pt"
+        best_path = self.run_dir.best_checkpoint
         if not best_path.is_file():
             return -math.inf
         try:
@@ -676,7 +676,7 @@ class Trainer:
             # label-based model selection, reported apart from the last state (see docs/engine.md)
             self.state.best_score = score
             # rank 0 alone evaluates, so this holds its random state only (resume reads last.pt's)
-            save_checkpoint(self._checkpoint(rng_state()), self.run_dir.checkpoint_dir / "best.pt")
+            save_checkpoint(self._checkpoint(rng_state()), self.run_dir.best_checkpoint)
         summary = "  ".join(
             f"{name}: ACC {v['acc']:.4f} NMI {v['nmi']:.4f}" for name, v in readouts.items() if "acc" in v
         )

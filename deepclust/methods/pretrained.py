@@ -38,7 +38,7 @@ def load_pretrained_method(
     cfg = build_config(config_file=run.path / "config.yaml")
     if not method_class(cfg.method).trainable:
         raise UserError(f"{setting}: {run.path} is a {cfg.method} run, which has no trained model")
-    checkpoint = run.checkpoint_dir / "last.pt"
+    checkpoint = run.last_checkpoint
     if not checkpoint.is_file():
         raise UserError(f"{setting}: {run.path} has no checkpoint to start from ({checkpoint})")
     for key in ("name", "split") if num_clusters is None else ("name", "split", "num_clusters"):

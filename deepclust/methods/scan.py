@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from deepclust.config import check_ranges
 from deepclust.data import ArrayDataset
 from deepclust.engine.checkpoint import load_checkpoint
+from deepclust.engine.run_dir import RunDir
 from deepclust.errors import ConfigError, UserError
 from deepclust.evaluation.neighbours import nearest_neighbours, neighbour_accuracy
 from deepclust.evaluation.readout import extract
@@ -74,7 +75,7 @@ def load_pretrained_backbone(backbone: nn.Module, source: str | Path) -> Path:
     ``backbone``; returns the checkpoint's path. A missing file or a different architecture is a user error."""
     path = Path(source)
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+        path = RunDir(path).last_checkpoint
     if not path.is_file():
         raise UserError(f"params.pretrained: no checkpoint at {path}")
     weights = load_checkpoint(path).get("method", {})
