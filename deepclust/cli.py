@@ -251,7 +251,6 @@ def _train_in(run: RunDir, cfg: DictConfig, resume: bool, console: Console) -> i
 
     if not resume:  # a resumed run's config.yaml changes only once its checkpoint has loaded (the trainer)
         run.save_config(cfg)
-    console.print(f"run directory: [bold]{run.path}[/]")
     if not method_class(cfg.method).trainable:
         if resume:
             raise UserError(f"method {cfg.method!r} is not trained, so there is nothing to resume")

@@ -231,7 +231,9 @@ def test_a_run_that_never_starts_leaves_no_directory(
     mine.mkdir()
     assert main([*refused, "--out", str(mine)]) == 2
     assert mine.is_dir()
-    assert capsys.readouterr().err.count("deepclust: error:") == 3
+    printed = capsys.readouterr()
+    assert printed.err.count("deepclust: error:") == 3
+    assert "run directory" not in printed.out + printed.err  # it is never named: it was not kept
 
 
 def test_evaluate_recomputes_from_assignments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -225,6 +225,30 @@ def test_resume_reproduces_the_uninterrupted_loss_trajectory(
     assert json.loads((interrupted.path / "metrics.json").read_text())["step"] == 40
 
 
+def test_resume_with_another_batch_size_ends_at_the_same_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half of one epoch at batch 32 (56 steps an epoch), resumed at batch 64 (28): the run goes on from the
+    middle of the epoch, so --epochs 1 ends after 14 more steps, and the schedule goes on from its middle."""
+    settings = (
+        "optim.batch_size=32",
+        "train.epochs=1",
+        "optim.warmup_epochs=0",
+        "train.checkpoint_every_steps=14",
+    )
+    run = RunDir(tmp_path / "run").create()
+    train_interrupted(tiny_config("simclr", *settings), run, 28, monkeypatch)
+    lr_before = [e["lr"] for e in run.read_log() if e["event"] == "train"][-1]
+    train(tiny_config("simclr", *settings, "optim.batch_size=64"), run, resume=True)
+
+    steps = train_steps(run)
+    assert sorted(steps) == list(range(29, 43))
+    first_lr = next(e["lr"] for e in run.read_log()[::-1] if e["event"] == "train" and e["step"] == 29)
+    assert first_lr == pytest.approx(lr_before, rel=0.1)  # the cosine is at half-way, not restarted
+    loop = torch.load(run.last_checkpoint, weights_only=True)["loop"]
+    assert (loop["step"], loop["epoch"], loop["batch"], loop["steps_per_epoch"]) == (42, 1, 0, 28)
+
+
 def test_resume_keeps_the_best_checkpoint_of_the_session_before(tmp_path: Path) -> None:
     """last.pt is written before the evaluation that may replace best.pt, so its best score lags: the resumed
     run must take best.pt's, or a worse evaluation replaces the best state."""
@@ -541,6 +565,18 @@ def test_ddp_on_cpu_with_two_processes(tmp_path: Path) -> None:
     assert len(starts) == 1 and starts[0]["world_size"] == 2
     assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3]
     assert result.stdout.count("ACC") == 1
+    assert "Initializing distributed" not in result.stderr  # the trainer names the processes itself
+
+    # resumed by one process: its 3 steps of 64 images are 6 of 32, and one epoch is 56 steps of 32
+    train(
+        build_config(
+            config_file=out / "config.yaml",
+            overrides=["train.devices=1", "train.max_steps=null", "train.epochs=1"],
+        ),
+        RunDir(out),
+        resume=True,
+    )
+    assert sorted(train_steps(RunDir(out))) == list(range(4, 54))
 
 
 def test_ddp_resume_reproduces_the_loss_trajectory(tmp_path: Path) -> None:

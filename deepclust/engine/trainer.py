@@ -99,6 +99,7 @@ class LoopState:
     batch: int = 0  # next batch index within the epoch (the data.extra_split batches come first)
     elapsed_s: float = 0.0  # training wall-clock time over all sessions (for the time budget)
     best_score: float = -math.inf
+    steps_per_epoch: int = 0  # of the session that saved it (0: not recorded, in checkpoints before 2026-12)
 
 
 @cache
@@ -152,9 +153,9 @@ def fabric_settings(cfg: DictConfig) -> dict[str, Any]:
 
 @contextmanager
 def _lightning_info_silenced() -> Iterator[None]:
-    """Lightning announces its mixed precision at INFO level while Fabric is built, before the method has checked
-    its settings; the trainer says it itself once they are checked (:meth:`Trainer.fit`), so that bad input
-    stays one line."""
+    """Lightning announces its mixed precision and its distributed processes at INFO level while Fabric is built
+    and launched, before the method has checked its settings; the trainer says both itself once they are
+    checked (:meth:`Trainer.fit`), so that bad input stays one line."""
     previous = logging.root.manager.disable
     logging.disable(logging.INFO)  # its logger's name depends on which lightning packages are imported
     try:
@@ -172,7 +173,7 @@ class Trainer:
         self.resume = resume
         with _lightning_info_silenced():
             self.fabric = Fabric(**fabric_settings(cfg))
-        self.fabric.launch()
+            self.fabric.launch()
         if self.fabric.device.type == "cuda":
             # the input sizes never change, so cuDNN's timing of its convolution algorithms pays off
             torch.backends.cudnn.benchmark = bool(cfg.train.cudnn_benchmark)
@@ -233,16 +234,13 @@ class Trainer:
         self.batches = batches_of(self.dataset)
         self.extra_batches = None if extra_dataset is None else batches_of(extra_dataset)
         self.steps_per_epoch = len(self.batches) + (len(self.extra_batches) if self.extra_batches else 0)
-        self.total_steps = cfg.train.epochs * self.steps_per_epoch
-        if cfg.train.max_steps is not None:
-            self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.base_lr = optimizer.param_groups[0]["base_lr"]
         # the budget (s) the schedule runs over, or None when it runs over the steps (optim.schedule_over)
         budget = cfg.train.time_budget_minutes
         over_time = cfg.optim.schedule_over == "time" or (cfg.optim.schedule_over == "auto" and budget)
         self.schedule_budget_s: float | None = budget * 60 if over_time else None
-        self.state = LoopState()
+        self.state = LoopState(steps_per_epoch=self.steps_per_epoch)
         if not resume:  # on resume, what this computes is restored with the method's state
             with self.console.status("preparing the method's training data"):
                 prepared = method.prepare_training(self.dataset, self.fabric.device)
@@ -254,6 +252,12 @@ class Trainer:
         )
         if resume:
             self._restore()
+        # Steps taken before a resume with another number of processes were of another size; the schedules
+        # count from where this session's steps would have put the run (step_offset is 0 without such a resume)
+        self.step_offset = self.state.step - (self.state.epoch * self.steps_per_epoch + self.state.batch)
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch + self.step_offset
+        if cfg.train.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
     def _extra_dataset(self) -> ArrayDataset | None:
         """The images of ``data.extra_split`` (the configuration checked the method and the split name)."""
@@ -314,6 +318,11 @@ class Trainer:
                 "the model or the optimiser (model.*, params.*, --clusters) cannot change on --resume"
             ) from None
         self.state = LoopState(**checkpoint["loop"])
+        saved_steps_per_epoch = self.state.steps_per_epoch or self.steps_per_epoch
+        if saved_steps_per_epoch != self.steps_per_epoch:
+            # another number of processes (or batch size): go on from the same share of the epoch
+            self.state.batch = round(self.state.batch * self.steps_per_epoch / saved_steps_per_epoch)
+            self.state.steps_per_epoch = self.steps_per_epoch
         self._restore_rng(checkpoint["rng"])
         self.state.best_score = max(self.state.best_score, self._saved_best_score())
         if self.fabric.is_global_zero:
@@ -366,6 +375,7 @@ class Trainer:
         processes = f", {self.fabric.world_size} processes" if self.fabric.world_size > 1 else ""
         limit = f" or {cfg.train.time_budget_minutes:g} minutes" if cfg.train.time_budget_minutes else ""
         budget_spent = state.elapsed_s >= budget_s
+        self.console.print(f"run directory: [bold]{self.run_dir.path}[/]")  # now that the run can start
         if budget_spent or state.step >= self.total_steps:
             self.console.print(
                 f"{cfg.method} on {self.dataset.name} has finished training (step {state.step:,}); evaluating it again"
@@ -457,7 +467,6 @@ class Trainer:
         metrics = self.evaluate()
         if self.tensorboard is not None:
             self.tensorboard.close()
-        self.console.print(f"run directory: {self.run_dir.path}")
         return metrics
 
     def _epoch_start(self) -> float:
@@ -503,12 +512,13 @@ class Trainer:
         # training time only (evaluations excluded), saved in checkpoints, so a resumed run continues it
         progress = None if self.schedule_budget_s is None else state.elapsed_s / self.schedule_budget_s
         # the same clock for the method's schedules (BYOL's momentum) as for the rate
-        fraction = state.step / max(1, self.total_steps) if progress is None else min(1.0, progress)
+        step, total_steps = state.step - self.step_offset, self.total_steps - self.step_offset
+        fraction = step / max(1, total_steps) if progress is None else min(1.0, progress)
         set_lr(
             self.optimizer,
             lr_at(
-                state.step,
-                self.total_steps,
+                step,
+                total_steps,
                 self.warmup_steps,
                 self.base_lr,
                 cfg.optim.schedule,
@@ -529,12 +539,12 @@ class Trainer:
         if not finite():  # the parameters and the optimiser are still untouched
             self.optimizer.zero_grad(set_to_none=True)
             self._diverged(losses)
-        self.method.on_before_optimizer_step(state.step)
+        self.method.on_before_optimizer_step(step)
         if cfg.optim.grad_clip:
             self.fabric.clip_gradients(self.model, self.optimizer, max_norm=cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.method.on_after_optimizer_step(TrainingProgress(state.step, fraction, self.steps_per_epoch))
+        self.method.on_after_optimizer_step(TrainingProgress(step, fraction, self.steps_per_epoch))
         state.step += 1
         return losses
 

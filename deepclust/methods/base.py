@@ -47,7 +47,8 @@ class TrainingProgress:
     """Where training stands when a step's optimiser update is done (what schedules beside the rate read).
 
     Attributes:
-        step: the 0-based index of the step just taken.
+        step: the 0-based index of the step just taken, counted in steps of the current size: after a resume
+            with another number of processes or batch size, where those steps would have put the run.
         fraction: the share of training done, in [0, 1], on the learning-rate schedule's clock: ``step / total
             steps``, or the share of the time budget used when the schedule runs over time
             (``optim.schedule_over``), so that a budgeted run ends its momentum schedule with its rate.

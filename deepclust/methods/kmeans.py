@@ -88,6 +88,7 @@ def run_kmeans(cfg: DictConfig, run_dir: RunDir, console: Console | None = None)
         f"{cfg.kmeans.n_init} initialisations, backend {cfg.kmeans.backend}"
         + (", L2-normalised" if cfg.kmeans.normalize else "")
     )
+    console.print(f"run directory: [bold]{run_dir.path}[/]")  # once the run has what it needs to start
     run_dir.log("start", method="kmeans", dataset=dataset.name, samples=len(dataset), num_clusters=k)
     started = time.perf_counter()
     with console.status("running k-means"):

@@ -51,7 +51,7 @@ class SwAVConfig:
         queue_length: number of earlier embeddings per assignment view added to the Sinkhorn batch, over all
             processes; 0 = no queue (paper code: 3840 at batch 256).
         queue_start_epoch: epoch from which the queue is filled; it is used once full (paper code: 15). An
-            epoch is ``total_steps / train.epochs`` optimiser steps, the length the training loop schedules.
+            epoch is the training loop's steps per epoch (``TrainingProgress.steps_per_epoch``).
     """
 
     projection_dim: int = 128
