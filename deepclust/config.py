@@ -68,6 +68,10 @@ class OptimConfig:
     lr_scaling: str = "none"  # none | linear (lr * global_batch / 256) | sqrt
     weight_decay: float = 0.0
     momentum: float = 0.9
+    lars_trust_coefficient: float = (
+        0.001  # LARS's η (You et al. 2017; BYOL, SwAV); solo-learn's CIFAR recipes: 0.02
+    )
+    lars_clip: bool = False  # LARC's clipping: no layer's rate above lr (solo-learn's clip_lr)
     schedule: str = "cosine"  # cosine | constant
     warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio under the cosine schedule
@@ -302,6 +306,7 @@ def _validate(cfg: DictConfig) -> None:
         cfg,
         positive=(
             "optim.lr",
+            "optim.lars_trust_coefficient",
             "optim.grad_clip",
             "train.time_budget_minutes",
             "train.collapse_warning_fraction",

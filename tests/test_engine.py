@@ -22,7 +22,7 @@ from deepclust.config import build_config
 from deepclust.data import ArrayDataset
 from deepclust.engine import trainer as trainer_module
 from deepclust.engine.data import TrainBatches
-from deepclust.engine.optim import LARS, lr_at
+from deepclust.engine.optim import LARS, build_optimizer, lr_at
 from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import Trainer, TrainingDiverged, train
 from deepclust.errors import ConfigError
@@ -83,19 +83,23 @@ def test_lr_schedule_and_lars_by_hand() -> None:
     torch.testing.assert_close(weight.detach(), torch.tensor([3.0, 3.995]))
 
 
-def test_lars_follows_its_update_rule_tensor_by_tensor() -> None:
+@pytest.mark.parametrize(("lr", "eta", "clip"), [(0.5, 0.001, False), (0.01, 0.02, True)])
+def test_lars_follows_its_update_rule_tensor_by_tensor(lr: float, eta: float, clip: bool) -> None:
     """The multi-tensor step against the rule written per tensor, over steps with momentum history, weight
-    decay, an excluded group, a weight that starts at zero (trust 1) and a parameter whose gradient appears late."""
+    decay, an excluded group, a weight that starts at zero (trust 1) and a parameter whose gradient appears late;
+    with LARC's clipping (solo-learn's recipe), on a tensor that is clipped and one that is not."""
     torch.manual_seed(0)
     shapes = [(5, 3), (4,), (6, 2), (7,)]
     params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
     params[1].data.zero_()
+    params[2].data.mul_(0.1)  # η‖w‖/‖g‖ below lr: not clipped
     reference = [p.detach().clone() for p in params]
-    lr, momentum, decay, eta = 0.5, 0.9, 1e-2, 0.001
+    momentum, decay = 0.9, 1e-2
     optimizer = LARS(
         [{"params": params[:3]}, {"params": params[3:], "lars_exclude": True, "weight_decay": 0.0}],
-        lr=lr, momentum=momentum, weight_decay=decay, trust_coefficient=eta,
+        lr=lr, momentum=momentum, weight_decay=decay, trust_coefficient=eta, clip=clip,
     )  # fmt: skip
+    clipped: set[bool] = set()
     buffers: list[torch.Tensor | None] = [None] * len(params)
     for step in range(4):
         grads = [torch.randn(shape) for shape in shapes]
@@ -109,12 +113,30 @@ def test_lars_follows_its_update_rule_tensor_by_tensor() -> None:
             if i < 3:  # LARS group: decay, then the trust ratio η‖w‖/‖g‖ when both norms are positive
                 grad = grad + decay * w
                 if w.norm() > 0 and grad.norm() > 0:
-                    grad = grad * eta * w.norm() / grad.norm()
+                    trust = eta * w.norm() / grad.norm()
+                    if clip:
+                        clipped.add(bool(trust > lr))
+                        trust = min(trust / lr, 1.0)
+                    grad = grad * trust
             previous = buffers[i]
             buffers[i] = grad.clone() if previous is None else momentum * previous + grad
             reference[i] = w - lr * buffers[i]
         for param, expected in zip(params, reference, strict=True):
             torch.testing.assert_close(param.detach(), expected)
+    assert clipped == ({True, False} if clip else set())
+
+
+def test_lars_settings_reach_the_optimiser() -> None:
+    """solo-learn's CIFAR recipe (η 0.02, clipped) in byol/cifar10.yaml; the ImageNet recipes keep η 0.001."""
+    weight = [torch.nn.Parameter(torch.ones(2, 2))]
+    cifar = build_optimizer([{"params": weight}], build_config(method="byol", dataset="cifar10").optim, 256)
+    assert (cifar.param_groups[0]["trust_coefficient"], cifar.param_groups[0]["clip"]) == (0.02, True)
+    imagenet = build_optimizer(
+        [{"params": weight}], build_config(method="byol", dataset="imagenet10").optim, 256
+    )
+    assert (imagenet.param_groups[0]["trust_coefficient"], imagenet.param_groups[0]["clip"]) == (0.001, False)
+    with pytest.raises(ConfigError, match="lars_trust_coefficient"):
+        build_config(method="byol", dataset="cifar10", overrides=["optim.lars_trust_coefficient=0"])
 
 
 def test_batches_shard_the_permutation_and_restart_mid_epoch() -> None:

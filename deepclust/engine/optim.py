@@ -17,6 +17,11 @@ class LARS(Optimizer):
     For every parameter tensor not in a group with ``lars_exclude=True`` (biases, normalisation weights)::
 
         g ← g + wd·w;   g ← g · η‖w‖/‖g‖ (when both norms are > 0);   v ← m·v + g;   w ← w − lr·v
+
+    The trust ratio divides by the norm of the decayed gradient, as BYOL's optimiser does; You et al. and
+    LARC (SwAV's, solo-learn's) divide by ‖g‖ + wd‖w‖, which differs only by the tiny decays they use.
+    ``clip=True`` is LARC's clipping (solo-learn's ``clip_lr``): the factor becomes min(η‖w‖/‖g‖ / lr, 1), so no
+    layer's rate exceeds ``lr``.
     """
 
     def __init__(
@@ -26,12 +31,14 @@ class LARS(Optimizer):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         trust_coefficient: float = 0.001,
+        clip: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
             "momentum": momentum,
             "weight_decay": weight_decay,
             "trust_coefficient": trust_coefficient,
+            "clip": clip,
             "lars_exclude": False,
         }
         super().__init__(params, defaults)
@@ -51,11 +58,10 @@ class LARS(Optimizer):
                     grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
                 param_norms = torch.stack(torch._foreach_norm(params))
                 grad_norms = torch.stack(torch._foreach_norm(grads))
-                trust = torch.where(
-                    (param_norms > 0) & (grad_norms > 0),
-                    group["trust_coefficient"] * param_norms / grad_norms,
-                    torch.ones_like(param_norms),
-                )
+                trust = group["trust_coefficient"] * param_norms / grad_norms
+                if group["clip"]:
+                    trust = torch.clamp(trust / group["lr"], max=1.0)
+                trust = torch.where((param_norms > 0) & (grad_norms > 0), trust, torch.ones_like(trust))
                 grads = [grad * scale for grad, scale in zip(grads, trust.unbind(), strict=True)]
             # a new buffer starts at zero, so its first update m·0 + g is exactly g
             buffers = [
@@ -85,7 +91,14 @@ def build_optimizer(
     for group in param_groups:
         group["base_lr"] = lr
     if name == "lars":
-        return LARS(param_groups, lr=lr, momentum=optim_cfg.momentum, weight_decay=optim_cfg.weight_decay)
+        return LARS(
+            param_groups,
+            lr=lr,
+            momentum=optim_cfg.momentum,
+            weight_decay=optim_cfg.weight_decay,
+            trust_coefficient=optim_cfg.lars_trust_coefficient,
+            clip=optim_cfg.lars_clip,
+        )
     groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in param_groups]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=optim_cfg.momentum)
