@@ -533,6 +533,10 @@ def test_feature_spread_by_hand() -> None:
     assert feature_spread(np.array([[2.0, 0.0], [0.0, 5.0]])) == pytest.approx(0.5)
     assert feature_spread(np.array([[3.0, 0.0], [300.0, 0.0]])) == pytest.approx(0.0)
     assert feature_spread(np.array([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(1.0)
+    # zero rows have no direction: left out, and all-zero features are collapsed, whatever their count
+    assert feature_spread(np.array([[3.0, 0.0], [300.0, 0.0], [0.0, 0.0]])) == pytest.approx(0.0)
+    assert feature_spread(np.zeros((100, 16))) == 0.0
+    assert feature_spread(np.full((100, 16), 1e-13)) == pytest.approx(0.0)
 
 
 def test_collapse_warning_for_features_that_all_point_the_same_way(

@@ -89,13 +89,25 @@ def test_single_cluster_edge_cases_agree_with_sklearn(y_true: list[int], y_pred:
 
 
 def test_torch_tensors_are_accepted() -> None:
-    y = torch.tensor([0, 1, 1, 2])
-    assert evaluate_clustering(y, y.flip(0))["acc"] == pytest.approx(
-        evaluate_clustering(y.numpy(), y.flip(0).numpy())["acc"]
+    """Classes {0}, {1, 2}, {3} against clusters {0, 1}, {2}, {3}: the best match gets 3 of 4 right."""
+    y_true, y_pred = torch.tensor([0, 1, 1, 2]), torch.tensor([0, 0, 1, 2])
+    metrics = evaluate_clustering(y_true, y_pred)
+    assert metrics["acc"] == pytest.approx(0.75)
+    assert metrics["nmi"] == pytest.approx(
+        normalized_mutual_info_score([0, 1, 1, 2], [0, 0, 1, 2]), abs=1e-12
     )
 
 
-@pytest.mark.parametrize(("y_true", "y_pred"), [([0, 1], [0]), ([], []), ([[0, 1]], [[0, 1]])])
+@pytest.mark.parametrize(
+    ("y_true", "y_pred"),
+    [
+        ([0, 1], [0]),
+        ([], []),
+        ([[0, 1]], [[0, 1]]),
+        ([0.0, np.nan, np.nan], [0, 1, 1]),
+        ([0, 1], [0.0, np.inf]),
+    ],
+)
 def test_bad_input_is_a_user_error(y_true: list, y_pred: list) -> None:
     with pytest.raises(UserError):
         evaluate_clustering(y_true, y_pred)

@@ -67,6 +67,9 @@ def test_nearest_neighbours_by_cosine(monkeypatch: pytest.MonkeyPatch, use_faiss
     assert neighbour_accuracy(found, labels) == pytest.approx(np.mean(labels[found] == labels[:, None]))
     with pytest.raises(UserError, match="neighbours"):
         nearest_neighbours(points, 6)
+    points[2, 0] = np.nan
+    with pytest.raises(UserError, match="features for the neighbour search contain NaN"):
+        nearest_neighbours(points, 2)
 
 
 def test_neighbour_vote_averages_the_neighbours_probabilities() -> None:
@@ -90,7 +93,7 @@ def test_neighbour_vote_averages_the_neighbours_probabilities() -> None:
     assert votes.tolist() == [1, 1, 0, 1, 1, 1, 1]
     # k = 3 on 0°: 4°, 8° and 12°: (0.4833, 0.5167) -> 1, where two of three hard votes say 0
     assert neighbour_vote(probs, points, 3)[0] == 1
-    with pytest.raises(ValueError, match="rows"):
+    with pytest.raises(UserError, match="rows"):
         neighbour_vote(probs[:5], points, 2)
     with pytest.raises(UserError, match="neighbours"):
         neighbour_vote(probs, points, 7)

@@ -21,7 +21,7 @@ Views. ``num_views`` augmented views are returned, then ``small_crops`` smaller 
 (Caron et al. 2020, Sec. 3.2), low-resolution crops of a small part of the image (``small_crop_scale``,
 ``small_crop_size`` px) with the same colour operations; only methods that declare they use them accept them.
 Methods that also need the un-augmented image (SIC's raw
-view, methods.md §4.3) ask for it with :meth:`ViewAugmenter.eval_view`, the deterministic resize and
+view, its code's ``modules/transform_sic.py``) ask for it with :meth:`ViewAugmenter.eval_view`, the deterministic resize and
 normalisation used for evaluation.
 
 Randomness. All random parameters are drawn on the CPU from torch's global generator, which the trainer seeds
@@ -151,9 +151,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "small_crops": 6,
     },
     # CC (Li et al., AAAI 2021), modules/transform.py: s = 0.5 (CIFAR, Tiny-ImageNet; 1.0 for STL-10 and the
-    # ImageNet subsets, and the ImageNet subsets also blur with p = 0.5) and no Normalize (methods.md §1.4).
+    # ImageNet subsets, and the ImageNet subsets also blur with p = 0.5) and no Normalize (``train.py``).
     "cc": {**_COMMON, "jitter_strength": 0.5, "normalize": False},
-    # ConCURL's released runs (ConCURL_NCE dataset_utils.py, --use-slightly-diff-views, methods.md §3.6):
+    # ConCURL's released runs (ConCURL_NCE dataset_utils.py, --use-slightly-diff-views):
     # crop scale 0.2-1, ColorJitter(0.4, 0.4, 0.4, 0.4) always applied, grayscale 0.2, flip, no blur. The
     # code grayscales before jittering and its second view jitters with 0.38; here both views use 0.4 in
     # SimCLR's order (the two orders differ only through the hue shift of colour images).

@@ -24,8 +24,9 @@ def balanced_assignment(probs: np.ndarray, iterations: int = BALANCED_ITERATIONS
     plan (ε = 0.5, 0.2, 0.1) read no better on Fashion-MNIST (benchmarks/RESULTS.md).
 
     It assumes that the classes are about equally frequent, the prior CC's entropy term also encodes. It uses
-    no labels and is transductive: a new image needs the scales of the clustered set. A cluster with no mass at
-    all gets its share from the samples' clipped zeros, so a collapsed head still reads out without error.
+    no labels and is transductive: a new image needs the scales of the clustered set. A cluster to which the head
+    gives no probability anywhere stays empty (its share of the mass is spread evenly over the samples and wins
+    no argmax), so a head that has emptied clusters reads out as it is, without error.
     """
     if probs.ndim != 2 or probs.shape[1] < 2:
         raise ValueError(f"expected N×K probabilities with K ≥ 2, got shape {probs.shape}")

@@ -24,16 +24,18 @@ class KMeansResult:
     backend: str  # "faiss" or "sklearn"
 
 
-def _as_features(features: np.ndarray | torch.Tensor) -> np.ndarray:
+def as_features(features: np.ndarray | torch.Tensor, purpose: str = "k-means") -> np.ndarray:
+    """``features`` as a contiguous float32 N×D array (N×... is flattened); a UserError naming ``purpose`` when
+    they are not a batch of vectors or are not finite."""
     if isinstance(features, torch.Tensor):
         features = features.detach().float().cpu().numpy()
     array = np.asarray(features, dtype=np.float32)
     if array.ndim == 1 or array.ndim == 0:
-        raise UserError(f"k-means needs N×D features, got shape {array.shape}")
+        raise UserError(f"{purpose} needs N×D features, got shape {array.shape}")
     # N×C×H×W images (or any N×...) are flattened to N×D
     array = np.ascontiguousarray(array.reshape(array.shape[0], -1))
     if not np.isfinite(array).all():
-        raise UserError("k-means features contain NaN or infinite values")
+        raise UserError(f"the features for {purpose} contain NaN or infinite values")
     return array
 
 
@@ -45,7 +47,7 @@ def assign_to_centroids(
     features: np.ndarray | torch.Tensor, centroids: np.ndarray, batch_size: int = 65536
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of every row and its squared distance, in batches (memory O(batch × K))."""
-    x = _as_features(features)
+    x = as_features(features)
     c = np.asarray(centroids, dtype=np.float32)
     c_sq = (c * c).sum(axis=1)
     labels = np.empty(len(x), dtype=np.int64)
@@ -80,7 +82,7 @@ def kmeans(
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown k-means backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    x = _as_features(features)
+    x = as_features(features)
     if normalize:
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
     if num_clusters < 2:

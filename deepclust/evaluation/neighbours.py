@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from deepclust.errors import UserError
-from deepclust.evaluation.kmeans import _as_features, faiss_available
+from deepclust.evaluation.kmeans import as_features, faiss_available
 
 
 def nearest_neighbours(features: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
@@ -19,7 +19,7 @@ def nearest_neighbours(features: np.ndarray | torch.Tensor, k: int) -> np.ndarra
 
     The row itself is excluded, also when duplicates make it tie with another row.
     """
-    x = _as_features(features)
+    x = as_features(features, "the neighbour search")
     n = len(x)
     if not 1 <= k < n:
         raise UserError(f"cannot find {k} neighbours among {n} samples: need 1 <= k < {n}")
@@ -52,7 +52,7 @@ def neighbour_accuracy(neighbours: np.ndarray, labels: np.ndarray) -> float:
 def neighbour_vote_probs(probs: np.ndarray, features: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
     """Every sample's head probabilities averaged over its ``k`` cosine nearest neighbours (itself excluded)."""
     if len(probs) != len(features):
-        raise ValueError(f"{len(probs)} rows of probabilities for {len(features)} rows of features")
+        raise UserError(f"{len(probs)} rows of probabilities for {len(features)} rows of features")
     return probs[nearest_neighbours(features, k)].mean(axis=1)
 
 

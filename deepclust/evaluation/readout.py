@@ -71,9 +71,15 @@ def extract(
 def feature_spread(features: np.ndarray) -> float:
     """How far apart the features point: the total variance of the unit-length feature vectors, ``1 − ‖mean‖²``,
     in [0, 1]. It is 0 when every sample has the same direction, however large the features or their noise, so
-    a collapsed representation reads near 0 at any scale (the variance of the raw features would not)."""
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    unit = features / np.maximum(norms, 1e-12)
+    a collapsed representation reads near 0 at any scale (the variance of the raw features would not).
+
+    Zero rows have no direction (a ReLU backbone's dead features are exactly 0): they are left out, and features
+    that are all zero read 0, collapsed."""
+    norms = np.linalg.norm(features.astype(np.float64), axis=1)
+    alive = norms > 1e-6 * norms.max() if norms.size else norms > 0
+    if not alive.any():
+        return 0.0
+    unit = features[alive] / norms[alive, None]
     return float(max(0.0, 1.0 - np.square(unit.mean(axis=0, dtype=np.float64)).sum()))
 
 

@@ -5,8 +5,9 @@
   convolutions rather than max-pooling, then a global average pool.
 * ``resnet18`` / ``resnet34`` / ``resnet50``: torchvision's ResNets (``weights=None``, nothing is downloaded)
   with ``fc`` removed. ``stem="imagenet"`` keeps the 7×7 stride-2 conv and the max-pool (CC and SIC train
-  this at 224 px, methods.md §1.1/§4.2); ``stem="cifar"`` uses a 3×3 stride-1 conv and no max-pool, as
-  ConCURL's CIFAR ResNet-18 (methods.md §3.3) and as CC's maintainer recommends for 32 px input (CC #47).
+  this at 224 px: CC's ``modules/resnet.py``, which SIC's code reuses); ``stem="cifar"`` uses a 3×3 stride-1
+  conv and no max-pool, as ConCURL's CIFAR ResNet-18 (``JayanthRR/ConCURL_NCE``, ``model_utils/``) and as CC's
+  maintainer recommends for 32 px input (Yunfan-Li/Contrastive-Clustering issue #47).
 * ``sobel=True`` puts a fixed :class:`Sobel` filter in front (grayscale → horizontal and vertical gradients),
   the input filter DeepCluster introduced and ConCURL optionally uses.
 

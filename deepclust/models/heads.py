@@ -23,7 +23,7 @@ def mlp(
 
     ``batch_norm=True`` gives ``Linear → BN → ReLU → … → Linear``, the projector of SimCLR, BYOL and SwAV and
     BYOL's predictor; ``batch_norm=False`` gives ``Linear → ReLU → Linear``, CC's instance and cluster heads
-    (methods.md §1.1). ``last_batch_norm`` appends a BatchNorm1d to the output. A Linear layer followed by
+    (CC's ``modules/network.py``). ``last_batch_norm`` appends a BatchNorm1d to the output. A Linear layer followed by
     BatchNorm has no bias (BatchNorm subtracts it anyway).
     """
     if num_layers < 1:
@@ -72,7 +72,7 @@ class Prototypes(nn.Module):
 
 
 class ClusterHead(nn.Module):
-    """CC's cluster-level head: an MLP to ``K`` logits, then a softmax over clusters (methods.md §1.1).
+    """CC's cluster-level head: an MLP to ``K`` logits, then a softmax over clusters (CC's ``modules/network.py``).
 
     ``forward`` returns probabilities (N×K, rows sum to 1, computed in float32 even under autocast);
     :meth:`logits` returns the pre-softmax scores. CC's head is ``Linear(d, d) → ReLU → Linear(d, K)``, the
