@@ -156,7 +156,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # ConCURL's released runs (ConCURL_NCE dataset_utils.py, --use-slightly-diff-views):
     # crop scale 0.2-1, ColorJitter(0.4, 0.4, 0.4, 0.4) always applied, grayscale 0.2, flip, no blur. The
     # code grayscales before jittering and its second view jitters with 0.38; here both views use 0.4 in
-    # SimCLR's order (the two orders differ only through the hue shift of colour images).
+    # SimCLR's order (the two orders differ through the hue shift of colour images and where values clamp).
     "concurl": {**_COMMON, "crop_scale": [0.2, 1.0], "jitter": [0.4, 0.4, 0.4, 0.4], "jitter_prob": 1.0},
     # Project-defined, not from a paper: a mild crop (at least 3/4 of the image) and a flip, no colour change.
     "weak": {**_COMMON, **_NO_COLOUR, "crop_scale": [0.75, 1.0]},
@@ -195,6 +195,8 @@ def validate_augment_config(cfg: Any) -> AugmentConfig:
     out = replace(base, **{name: value for name, value in given.items() if value is not None})
     if given["jitter"] is None and given["jitter_strength"] is not None:
         out.jitter = jitter_from_strength(float(given["jitter_strength"]))
+    elif given["jitter"] is not None:
+        out.jitter_strength = None  # the explicit strengths win; the preset's s was not used
     if out.num_views < 1:
         raise ConfigError(f"augment.num_views must be at least 1, got {out.num_views}")
     for name in ("blur_prob", "solarize_prob"):
@@ -285,30 +287,34 @@ def _resize(x: Tensor, size: int) -> Tensor:
 def sample_crop_boxes(
     n: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float]
 ) -> Tensor:
-    """``n`` random resized-crop boxes ``(x0, y0, w, h)`` in pixels, as torchvision's ``RandomResizedCrop``
-    draws them, vectorised: area fraction ~ U(scale), log aspect ratio ~ U(log ratio), the first of 10 draws
-    that fits inside the image, else the whole image cropped to the ratio range; uniform position. Boxes are
-    not rounded to whole pixels (the crop is resampled anyway)."""
+    """``n`` random resized-crop boxes ``(x0, y0, w, h)`` in whole pixels, drawn as torchvision's
+    ``RandomResizedCrop.get_params`` draws them, vectorised: area fraction ~ U(scale), log aspect ratio ~
+    U(log ratio), sides rounded to whole pixels, the first of 10 draws that fits inside the image at a uniform
+    whole-pixel position; else the whole image cropped to the ratio range, centred."""
     area = height * width
     target = area * torch.empty(n, CROP_ATTEMPTS).uniform_(scale[0], scale[1])
     aspect = torch.empty(n, CROP_ATTEMPTS).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp()
-    w_try = (target * aspect).sqrt()
-    h_try = (target / aspect).sqrt()
-    fits = (w_try <= width) & (h_try <= height)
+    w_try = (target * aspect).sqrt().round()
+    h_try = (target / aspect).sqrt().round()
+    fits = (w_try > 0) & (h_try > 0) & (w_try <= width) & (h_try <= height)
     first = fits.int().argmax(dim=1, keepdim=True)
     image_ratio = width / height
-    if image_ratio < ratio[0]:
-        fallback_w, fallback_h = width, width / ratio[0]
-    elif image_ratio > ratio[1]:
-        fallback_w, fallback_h = height * ratio[1], height
+    if image_ratio < min(ratio):
+        fallback_w, fallback_h = width, round(width / min(ratio))
+    elif image_ratio > max(ratio):
+        fallback_w, fallback_h = round(height * max(ratio)), height
     else:
         fallback_w, fallback_h = width, height
     found = fits.any(dim=1)
     w = torch.where(found, w_try.gather(1, first).squeeze(1), torch.tensor(float(fallback_w)))
     h = torch.where(found, h_try.gather(1, first).squeeze(1), torch.tensor(float(fallback_h)))
     position = torch.rand(n, 2)
-    x0 = position[:, 0] * (width - w)
-    y0 = position[:, 1] * (height - h)
+    x0 = torch.where(
+        found, (position[:, 0] * (width - w + 1)).floor(), torch.tensor(float((width - fallback_w) // 2))
+    )
+    y0 = torch.where(
+        found, (position[:, 1] * (height - h + 1)).floor(), torch.tensor(float((height - fallback_h) // 2))
+    )
     return torch.stack([x0, y0, w, h], dim=1)
 
 
@@ -317,9 +323,11 @@ class RandomResizedCropFlip(nn.Module):
 
     The crop box and the flip of each sample become one 2×3 affine; ``affine_grid`` + ``grid_sample``
     (bilinear, border padding) then resample the whole batch at once, about 2× faster on CPU than kornia's
-    ``RandomResizedCrop`` followed by ``RandomHorizontalFlip``. The resampling is not antialiased, which
-    matters only where a crop is larger than the output (an output smaller than the native size).
-    ``scale == (1, 1)`` is "no crop": the whole image is resized (antialiased) and flipped.
+    ``RandomResizedCrop`` followed by ``RandomHorizontalFlip``. The outermost output pixels interpolate with the
+    pixels just outside the box (torchvision's crop repeats the box's own edge); the interior is the same. The
+    resampling is not antialiased, which matters only where a crop is larger than the output (an output smaller
+    than the native size). ``scale == (1, 1)`` is "no crop": the whole image is resized (antialiased, to a
+    square) and flipped.
     """
 
     def __init__(self, size: int, scale: Sequence[float], ratio: Sequence[float], flip_prob: float) -> None:
@@ -579,7 +587,8 @@ class ViewAugmenter(nn.Module):
 
     @torch.no_grad()
     def view(self, images: Tensor, index: int = 0) -> Tensor:
-        """Only view ``index`` of a uint8 batch (the same random draw as that view of :meth:`forward`)."""
+        """Only view ``index`` of a uint8 batch: that view's pipeline on a fresh draw (for ``index`` 0, the draw
+        :meth:`forward` makes for its first view from the same random state)."""
         x = self._to_float(images)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self.pipelines[index](x)
