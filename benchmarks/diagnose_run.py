@@ -27,6 +27,7 @@ Writes ``<run>/diagnosis.json`` (or ``--out``) with the machine and the date, an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from reread_run import extract_as_evaluated
+from reread_run import cpu_autocast, extract_as_evaluated
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
@@ -160,10 +161,16 @@ def main() -> None:
         heads = getattr(method, "cluster_heads", [])
         if len(heads) > 1:
             inputs, running = torch.from_numpy(features), method.head_losses.tolist()
+            # under the run's precision, as its read-out head was evaluated (near-ties in an early head's
+            # probabilities otherwise fall the other way)
+            autocast = cpu_autocast(args.run) or contextlib.nullcontext
             result["heads"] = []
             for index, cluster_head in enumerate(heads):
-                with torch.no_grad():  # argmax of logits (SCAN) or of probabilities (CC): the same clusters
-                    scores = evaluate_clustering(labels, cluster_head(inputs).argmax(1).numpy())
+                with (
+                    torch.no_grad(),
+                    autocast(),
+                ):  # argmax of logits (SCAN) or of probabilities (CC): the same
+                    scores = evaluate_clustering(labels, cluster_head(inputs).float().argmax(1).numpy())
                 chosen = index == method.best_head
                 result["heads"].append({"running_loss": running[index], "read_out": chosen, **scores})
                 print(

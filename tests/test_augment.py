@@ -166,6 +166,9 @@ def test_crop_resamples_the_drawn_box_and_flips(monkeypatch: pytest.MonkeyPatch)
     torch.testing.assert_close(cropped[0], x[0, :, 8:24, 4:20])
     flipped = RandomResizedCropFlip(32, (0.08, 1.0), (0.75, 4 / 3), flip_prob=1.0)(x)
     torch.testing.assert_close(flipped[1], x[1].flip(-1))
+    # an off-centre box is mirrored about its own centre, not the image's
+    flipped_crop = RandomResizedCropFlip(16, (0.08, 1.0), (0.75, 4 / 3), flip_prob=1.0)(x)
+    torch.testing.assert_close(flipped_crop[0], x[0, :, 8:24, 4:20].flip(-1))
 
 
 def test_crop_boxes_respect_scale_ratio_and_image() -> None:
@@ -228,9 +231,16 @@ def test_probabilities_are_respected() -> None:
     jittered = _augmenter(**base, jitter=[0.5, 0.0, 0.0, 0.0], jitter_prob=0.6)(ramp)[0]
     assert abs(_fraction((jittered - x).flatten(1).abs().amax(1) > 1e-4) - 0.6) < 0.05
 
-    blurred = _augmenter(**base, blur_prob=[0.5, 0.1])(ramp)
-    changed = [_fraction((v - x).flatten(1).abs().amax(1) > 1e-4) for v in blurred]
+    blur = _augmenter(**base, blur_prob=[0.5, 0.1])
+    for module in blur.modules():
+        if isinstance(module, augment.RandomGaussianBlur):
+            module.sigma = (1.0, 2.0)  # σ near 0.1 leaves the image as it was: every blur must show
+    changed = [_fraction((v - x).flatten(1).abs().amax(1) > 1e-4) for v in blur(ramp)]
     assert abs(changed[0] - 0.5) < 0.05 and abs(changed[1] - 0.1) < 0.05
+
+    solarized = _augmenter(**base, solarize_prob=[0.0, 0.2])(ramp)
+    changed = [_fraction((v - x).flatten(1).abs().amax(1) > 1e-4) for v in solarized]
+    assert changed[0] == 0.0 and abs(changed[1] - 0.2) < 0.05
 
 
 def test_jitter_factors_follow_the_strength() -> None:

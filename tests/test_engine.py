@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from test_datasets import write_stl10
 
 from deepclust.config import build_config
@@ -26,7 +26,7 @@ from deepclust.engine.optim import LARS, build_optimizer, lr_at
 from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import Trainer, TrainingDiverged, train
 from deepclust.errors import ConfigError
-from deepclust.evaluation.readout import feature_spread, precision_autocast
+from deepclust.evaluation.readout import compute_readouts, feature_spread, precision_autocast
 
 TINY = [
     "model.width=8",
@@ -227,6 +227,36 @@ def test_neighbour_vote_and_balanced_read_outs(tmp_path: Path) -> None:
         Trainer(tiny_config("cc", "train.neighbour_vote=1797"), RunDir(tmp_path / "big").create())
 
 
+def test_read_outs_by_hand() -> None:
+    """Eight samples in two groups of directions, K = 2, and a head that splits neither group cleanly: the four
+    head read-outs differ, and each is what its rule gives."""
+    angles = np.radians([0, 4, 8, 12, 90, 94, 98, 102])
+    features = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    probs = np.array(
+        [[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.7, 0.3], [0.6, 0.4], [0.3, 0.7], [0.45, 0.55]],
+        dtype=np.float32,
+    )
+    settings = OmegaConf.create({"n_init": 1, "max_iter": 20, "backend": "sklearn", "normalize": False})
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    result = compute_readouts(
+        {"features": features, "probs": probs}, labels, 2, settings, 0, neighbour_vote_k=3, balanced=True
+    )
+    clusters = {name: pred.tolist() for name, pred in result.clusters.items()}
+    assert clusters["head"] == [0, 0, 0, 1, 0, 0, 1, 1]
+    # sample 3 (12°) takes the mean of samples 0-2, [0.9, 0.1]; sample 6 (98°) that of 4, 5, 7, [0.58, 0.42]
+    assert clusters["neighbour_vote"] == [0, 0, 0, 0, 1, 1, 0, 0]
+    # balancing moves the least confident samples of the larger cluster: 5 (0.6) for the head, 6 and 7 for the
+    # vote, whose clusters then hold four samples each
+    assert clusters["head_balanced"] == [0, 0, 0, 1, 0, 1, 1, 1]
+    assert clusters["neighbour_vote_balanced"] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert (
+        sorted(clusters["kmeans"]) == [0, 0, 0, 0, 1, 1, 1, 1]
+        and clusters["kmeans"][0] != clusters["kmeans"][4]
+    )
+    assert result.metrics["neighbour_vote_balanced"]["acc"] == 1.0
+    assert result.confidence.tolist() == pytest.approx(probs.max(axis=1).tolist())
+
+
 def test_resume_reproduces_the_uninterrupted_loss_trajectory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -293,6 +323,9 @@ def test_compiled_backbone_keeps_the_checkpoint_keys(tmp_path: Path) -> None:
     keys = set(trainer.method.state_dict())
     plain = Trainer(tiny_config("cc"), RunDir(tmp_path / "plain").create())
     assert keys == set(plain.method.state_dict()) and not any("_orig_mod" in key for key in keys)
+    # and it is compiled (nn.Module.compile keeps the compiled forward beside the module)
+    assert trainer.method.backbone._compiled_call_impl is not None
+    assert plain.method.backbone._compiled_call_impl is None
 
 
 def test_momentum_schedule_runs_on_the_rate_schedule_clock(tmp_path: Path) -> None:

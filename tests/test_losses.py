@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +23,9 @@ from deepclust.losses import (
     sinkhorn,
     swav_loss,
 )
+
+# the module, which `deepclust.losses.sinkhorn` (the function) hides
+sinkhorn_module = importlib.import_module("deepclust.losses.sinkhorn")
 
 # ---------------------------------------------------------------- naive references, written from the equations
 
@@ -212,11 +217,22 @@ def test_sinkhorn_half_precision_input_gives_float32_accurate_codes(dtype: torch
     torch.testing.assert_close(q.double(), log_space_sinkhorn(low, 0.05, 3), rtol=1e-5, atol=1e-6)
 
 
-def test_sinkhorn_ignores_autocast() -> None:
+def test_sinkhorn_ignores_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its matrix-vector products run with autocast off (CPU autocast leaves ``mv`` in float32 anyway, so the
+    check is on the state the computation sees; on CUDA, fp16 would overflow)."""
     generator = torch.Generator().manual_seed(0)
     scores = torch.randn(16, 5, generator=generator).tanh()
+    autocast_seen: list[bool] = []
+    compute = sinkhorn_module._scaled_codes
+
+    def spy(*args: Any) -> torch.Tensor:
+        autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        return compute(*args)
+
+    monkeypatch.setattr(sinkhorn_module, "_scaled_codes", spy)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         q = sinkhorn(scores)
+    assert autocast_seen == [False]
     assert q.dtype == torch.float32
     torch.testing.assert_close(q, sinkhorn(scores))
 

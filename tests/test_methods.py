@@ -16,7 +16,7 @@ from torch import Tensor
 
 from deepclust.config import CONFIG_DIR, build_config
 from deepclust.errors import ConfigError
-from deepclust.losses import cc_entropy_term, cluster_contrastive_loss, nt_xent
+from deepclust.losses import byol_loss, cc_entropy_term, cluster_contrastive_loss, nt_xent, sinkhorn
 from deepclust.methods import METHODS, method_class
 from deepclust.methods.base import Method, TrainingProgress
 from deepclust.models.ema import cosine_momentum
@@ -106,6 +106,49 @@ def test_forward_backward_and_steps(name: str) -> None:
         assert torch.allclose(losses["loss"], sum(losses[p] for p in PARTS[name]))
     after = dict(method.backbone.named_parameters())
     assert all(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_simclr_loss_by_hand() -> None:
+    """NT-Xent at the configured τ between the projections of the two views (one backbone pass for both, so
+    the projector's BatchNorm sees the 2N views together)."""
+    method = make_method("simclr", "params.temperature=0.3").train()
+    view_a, view_b = fixed_views(method)
+    losses = method(images())
+    z_a, z_b = method.projector(method.backbone(torch.cat([view_a, view_b]))).chunk(2)
+    torch.testing.assert_close(losses["loss"], nt_xent(z_a, z_b, 0.3))
+    assert not torch.allclose(losses["loss"], nt_xent(z_a, z_b, 0.5))
+
+
+def test_byol_loss_by_hand() -> None:
+    """Each view's prediction against the other view's target projection, both orders summed (Eq. 2 + L̃)."""
+    method = make_method("byol").train()
+    view_a, view_b = fixed_views(method)
+    losses = method(images())
+    pred_a = method.predictor(method.projector(method.backbone(view_a)))
+    pred_b = method.predictor(method.projector(method.backbone(view_b)))
+    with torch.no_grad():
+        target_a, target_b = method.target(view_a), method.target(view_b)
+    expected = byol_loss(pred_a, target_b) + byol_loss(pred_b, target_a)
+    torch.testing.assert_close(losses["loss"], expected)
+    assert not torch.allclose(expected, byol_loss(pred_a, target_a) + byol_loss(pred_b, target_b))
+
+
+def test_swav_loss_by_hand() -> None:
+    """Swapped prediction at the configured τ and ε: −½ [mean_i Σ_k q_b log p_a + mean_i Σ_k q_a log p_b], the
+    codes q by Sinkhorn from each view's prototype scores, p the softmax of the other view's scores / τ."""
+    method = make_method("swav", "params.temperature=0.2", "params.epsilon=0.1").train()
+    view_a, view_b = fixed_views(method)
+    losses = method(images())
+    z = F.normalize(method.projector(method.backbone(torch.cat([view_a, view_b]))), dim=1)
+    scores_a, scores_b = method.prototypes(z).chunk(2)
+    with torch.no_grad():
+        codes_a = sinkhorn(scores_a, 0.1, method.params.sinkhorn_iterations)
+        codes_b = sinkhorn(scores_b, 0.1, method.params.sinkhorn_iterations)
+    log_p_a, log_p_b = F.log_softmax(scores_a / 0.2, dim=1), F.log_softmax(scores_b / 0.2, dim=1)
+    expected = -0.5 * ((codes_b * log_p_a).sum(1).mean() + (codes_a * log_p_b).sum(1).mean())
+    torch.testing.assert_close(losses["loss"], expected)
+    unswapped = -0.5 * ((codes_a * log_p_a).sum(1).mean() + (codes_b * log_p_b).sum(1).mean())
+    assert not torch.allclose(expected, unswapped)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -251,15 +294,18 @@ def test_swav_other_prototype_count_reads_out_kmeans() -> None:
 
 @pytest.mark.parametrize("variant", ["code", "paper"])
 def test_cc_loss_is_the_sum_of_its_parts(variant: str) -> None:
-    method = make_method("cc", f"params.entropy_variant={variant}", "params.entropy_weight=2.0").train()
+    temperatures = ("params.instance_temperature=0.3", "params.cluster_temperature=0.7")
+    method = make_method(
+        "cc", f"params.entropy_variant={variant}", "params.entropy_weight=2.0", *temperatures
+    ).train()
     view_a, view_b = fixed_views(method)
     losses = method(images())
     h_a, h_b = method.backbone(view_a), method.backbone(view_b)
     z_a = F.normalize(method.instance_head(h_a), dim=1)
     z_b = F.normalize(method.instance_head(h_b), dim=1)
     c_a, c_b = method.cluster_head(h_a), method.cluster_head(h_b)
-    instance = nt_xent(z_a, z_b, 0.5)
-    cluster = cluster_contrastive_loss(c_a, c_b, 1.0)
+    instance = nt_xent(z_a, z_b, 0.3)
+    cluster = cluster_contrastive_loss(c_a, c_b, 0.7)
     entropy = 2.0 * cc_entropy_term(c_a, c_b, variant=variant)
     assert torch.allclose(losses["instance"], instance)
     assert torch.allclose(losses["cluster"], cluster)

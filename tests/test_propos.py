@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from test_engine import tiny_config, train_ddp_on_digits, train_interrupted, train_steps
 from test_methods import BATCH, images, make_method
 
@@ -29,7 +30,13 @@ def toy_dataset(n: int = 40) -> ArrayDataset:
 
 
 def test_pseudo_labels_start_after_the_warm_up_and_switch_on_the_scattering_term() -> None:
-    method = make_method("propos", "params.warmup_epochs=2", "params.latent_std=0").train()
+    method = make_method(
+        "propos",
+        "params.warmup_epochs=2",
+        "params.latent_std=0",
+        "params.cluster_weight=0.7",
+        "params.temperature=0.3",
+    ).train()
     dataset = toy_dataset()
     assert method.on_epoch_start(dataset, torch.device("cpu"), 1) == {}
     assert not method.clustering
@@ -44,7 +51,7 @@ def test_pseudo_labels_start_after_the_warm_up_and_switch_on_the_scattering_term
     method.augmenter.forward = lambda _images: [v.clone() for v in views]  # type: ignore[method-assign]
     losses = method(images(), indices=indices)
     assert set(losses) == {"loss", "alignment", "scattering"}
-    torch.testing.assert_close(losses["loss"], losses["alignment"] + 0.1 * losses["scattering"])
+    torch.testing.assert_close(losses["loss"], losses["alignment"] + 0.7 * losses["scattering"])
 
     # the terms by hand, from the same networks (σ = 0: no noise)
     with torch.no_grad():
@@ -54,8 +61,8 @@ def test_pseudo_labels_start_after_the_warm_up_and_switch_on_the_scattering_term
         batch_labels = labels[:BATCH]
         alignment = 0.5 * (byol_loss(pred[0], target[1]) + byol_loss(pred[1], target[0]))
         scattering = 0.5 * (
-            prototype_scattering_loss(proj[0], target[1], batch_labels, 4, 0.5)
-            + prototype_scattering_loss(proj[1], target[0], batch_labels, 4, 0.5)
+            prototype_scattering_loss(proj[0], target[1], batch_labels, 4, 0.3)
+            + prototype_scattering_loss(proj[1], target[0], batch_labels, 4, 0.3)
         )
     torch.testing.assert_close(losses["alignment"], alignment)
     torch.testing.assert_close(losses["scattering"], scattering)
@@ -64,6 +71,23 @@ def test_pseudo_labels_start_after_the_warm_up_and_switch_on_the_scattering_term
 
     with pytest.raises(RuntimeError, match="indices"):
         method(images())
+
+
+def test_reads_out_the_target_projections() -> None:
+    """k-means clusters the L2-normalised target projections of the evaluation view, not the online ones (the
+    target starts as a copy, so it is moved first)."""
+    method = make_method("propos").eval()
+    with torch.no_grad():
+        for param in method.target.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    batch = images()
+    view = method.prepare(method.augmenter.eval_view(batch))
+    features = method.readout(batch)["features"]
+    with torch.no_grad():
+        target = F.normalize(method.target(view), dim=1)
+        online = F.normalize(method.projector(method.backbone(view)), dim=1)
+    torch.testing.assert_close(features, target)
+    assert not torch.allclose(features, online, atol=1e-3)
 
 
 def test_latent_noise_only_once_pseudo_labels_exist() -> None:

@@ -148,31 +148,45 @@ def test_scan_on_a_pretrained_cc_run_then_resume(tmp_path: Path) -> None:
 
 def test_scan_sums_the_heads_losses_and_reads_out_the_lowest() -> None:
     """Every head's Λ (Eq. 2) by hand, their sum as the loss, the running losses, and the read-out head."""
-    cfg = scan_config("params.neighbour_space=pixels", "params.num_heads=3", "params.head_loss_momentum=0.5")
+    cfg = scan_config(
+        "params.neighbour_space=pixels",
+        "params.num_heads=3",
+        "params.head_loss_momentum=0.5",
+        "params.entropy_weight=3.0",
+    )
     method = method_class("scan")(cfg, (1, 8, 8), 10)
     assert method.best_head == 0  # no step yet: every running loss is NaN
     torch.manual_seed(0)
     images = torch.randint(0, 17, (6, 1, 8, 8), dtype=torch.uint8)
     neighbours = torch.randint(0, 17, (6, 1, 8, 8), dtype=torch.uint8)
-    torch.manual_seed(1)
-    losses = method(images, neighbours)
-    torch.manual_seed(1)  # the same augmented views again, to recompute every head's loss by hand
-    features = method.backbone(method.prepare(method.augmenter.view(torch.cat([images, neighbours]))))
-    by_hand = []
-    for head in method.cluster_heads:
-        p_anchor, p_neighbour = head(features).softmax(dim=1).chunk(2)
-        consistency = -torch.log((p_anchor * p_neighbour).sum(dim=1)).mean()
-        marginal = p_anchor.mean(dim=0)
-        by_hand.append(consistency + 5.0 * (marginal * marginal.log()).sum())
-    by_hand_t = torch.stack(by_hand).detach()
-    torch.testing.assert_close(losses["loss"].detach(), by_hand_t.sum(), rtol=1e-5, atol=1e-5)
-    # the first step sets the running losses; the next one moves them half-way (momentum 0.5)
-    torch.testing.assert_close(method.head_losses, by_hand_t, rtol=1e-5, atol=1e-5)
-    best = int(by_hand_t.argmin())
+
+    def step(seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The method's losses on views drawn from ``seed``, the features, and every head's Λ by hand."""
+        torch.manual_seed(seed)
+        losses = method(images, neighbours)
+        torch.manual_seed(seed)  # the same augmented views again, to recompute every head's loss by hand
+        features = method.backbone(method.prepare(method.augmenter.view(torch.cat([images, neighbours]))))
+        by_hand = []
+        for head in method.cluster_heads:
+            p_anchor, p_neighbour = head(features).softmax(dim=1).chunk(2)
+            consistency = -torch.log((p_anchor * p_neighbour).sum(dim=1)).mean()
+            marginal = p_anchor.mean(dim=0)
+            by_hand.append(consistency + 3.0 * (marginal * marginal.log()).sum())
+        return losses, features, torch.stack(by_hand).detach()
+
+    losses, features, by_hand = step(1)
+    torch.testing.assert_close(losses["loss"].detach(), by_hand.sum(), rtol=1e-5, atol=1e-5)
+    # the first step sets the running losses
+    torch.testing.assert_close(method.head_losses, by_hand, rtol=1e-5, atol=1e-5)
+    best = int(by_hand.argmin())
     assert method.best_head == best
     # the logged terms are the read-out head's
-    logged = (losses["consistency"] - 5.0 * losses["entropy"]).detach()
-    torch.testing.assert_close(logged, by_hand_t[best], rtol=1e-5, atol=1e-5)
+    logged = (losses["consistency"] - 3.0 * losses["entropy"]).detach()
+    torch.testing.assert_close(logged, by_hand[best], rtol=1e-5, atol=1e-5)
+    # the next one (other views) moves them half-way (momentum 0.5)
+    _, _, by_hand_next = step(2)
+    assert not torch.allclose(by_hand_next, by_hand)
+    torch.testing.assert_close(method.head_losses, 0.5 * (by_hand + by_hand_next), rtol=1e-5, atol=1e-5)
     # the read-out follows the head whose running loss is lowest, and that is saved with the model
     method.head_losses.copy_(torch.tensor([0.5, -1.0, 0.2]))
     assert method.best_head == 1
@@ -197,6 +211,12 @@ def test_scan_draws_companions_from_the_mined_neighbours() -> None:
     indices = torch.tensor([0, 4, 9, 4])
     drawn = method.companion_indices(indices, generator)
     assert all(int(d) in set(method.neighbours[i].tolist()) for i, d in zip(indices, drawn, strict=True))
+    # uniformly among the anchor's mined neighbours: each of anchor 4's three about a third of the time
+    many = method.companion_indices(torch.full((3000,), 4), generator)
+    shares = torch.bincount(many - 12, minlength=3).float() / 3000
+    assert (
+        many.min() >= 12 and many.max() <= 14 and torch.allclose(shares, torch.full((3,), 1 / 3), atol=0.05)
+    )
 
 
 def test_pretrained_with_another_architecture_is_one_clear_error(
@@ -292,6 +312,27 @@ def test_selflabel_fine_tunes_a_cc_run(tmp_path: Path) -> None:
     assert len(steps) == 3 and all(e["confident_share"] == 1.0 for e in steps)  # every sample is above 0.1
     after = load_checkpoint(run.checkpoint_dir / "last.pt")["method"]
     assert not torch.equal(after["model.cluster_head.net.0.weight"], before["cluster_head.net.0.weight"])
+
+    # the loss by hand: pseudo-labels from the evaluation view, the cross-entropy of an augmented view, SCAN's
+    # class balancing (which changes the value on this batch)
+    method = method_class("selflabel")(cfg, (1, 8, 8), 10).train()
+    model = method.model
+    with torch.no_grad():  # three steps leave the head collapsed; random weights spread its pseudo-labels
+        generator = torch.Generator().manual_seed(0)
+        for param in model.cluster_head.parameters():
+            param.normal_(0.0, 1.0, generator=generator)
+    batch = torch.randint(0, 17, (32, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(3)
+    losses = method(batch)
+    torch.manual_seed(3)  # the same augmented view again
+    with torch.no_grad():
+        p_weak = model.cluster_probs(model.backbone(model.prepare(method.augmenter.eval_view(batch))))
+    p_strong = model.cluster_probs(model.backbone(model.prepare(method.augmenter.view(batch))))
+    expected, share = confident_self_label_loss(p_weak, p_strong, 0.1, balanced=True)
+    torch.testing.assert_close(losses["loss"], expected)
+    assert losses["confident_share"].item() == share.item() == 1.0
+    assert not torch.allclose(expected, confident_self_label_loss(p_weak, p_strong, 0.1, balanced=False)[0])
+    assert not torch.allclose(expected, confident_self_label_loss(p_strong.detach(), p_strong, 0.1)[0])
 
     # TCL-style boosting: a balanced per-cluster selection, with CC's own losses kept alongside
     boost = [f"params.pretrained={pretext.path}", "params.selection=top_per_cluster", "params.threshold=0"]
