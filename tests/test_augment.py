@@ -174,23 +174,24 @@ def test_crop_resamples_the_drawn_box_and_flips(monkeypatch: pytest.MonkeyPatch)
 def test_crop_boxes_respect_scale_ratio_and_image() -> None:
     torch.manual_seed(0)
     x0, y0, w, h = sample_crop_boxes(4000, 28, 28, (0.08, 1.0), (3 / 4, 4 / 3)).unbind(1)
-    assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + w <= 28).all() and (y0 + h <= 28).all()
-    for value in (x0, y0, w, h):  # whole pixels, as torchvision's boxes
-        assert (value == value.round()).all()
+    assert (x0 >= 0).all() and (y0 >= 0).all()
+    assert (x0 + w <= 28 + 1e-4).all() and (y0 + h <= 28 + 1e-4).all()
     area = w * h / 28**2
-    assert (
-        area.min() >= 0.06 and area.max() <= 1.0
-    )  # 0.08 of the area, give or take the rounding of the sides
+    assert area.min() >= 0.08 - 1e-5 and area.max() <= 1.0 + 1e-5
+    ratio = w / h
+    assert ratio.min() >= 3 / 4 - 1e-5 and ratio.max() <= 4 / 3 + 1e-5
     assert area.std() > 0.2  # spread over the scale range, not stuck at the fallback
     small = w < 20
     relative_x = x0[small] / (28 - w[small])
     assert relative_x.std() > 0.25  # uniform positions (std of U(0, 1) is 0.29)
 
 
-@pytest.mark.parametrize("scale", [(0.7, 1.0), (0.9, 1.0)])
-def test_crop_boxes_follow_torchvision(scale: tuple[float, float]) -> None:
-    """The same distribution as ``RandomResizedCrop.get_params``: near the top of the scale range the rounding
-    of the sides decides how often no draw fits and the whole image is taken (1 % at 0.7–1, 10 % at 0.9–1)."""
+@pytest.mark.parametrize(
+    ("scale", "tolerance"), [((0.08, 1.0), 0.015), ((0.7, 1.0), 0.015), ((0.9, 1.0), 0.005)]
+)
+def test_crop_boxes_against_torchvision(scale: tuple[float, float], tolerance: float) -> None:
+    """The mean crop area of ``RandomResizedCrop.get_params``, but for its rounding of the sides (the docstring
+    gives the difference); a box that no draw fits is centred, as there."""
     torch.manual_seed(0)
     ratio = (3 / 4, 4 / 3)
     ours = sample_crop_boxes(20000, 28, 28, scale, ratio)
@@ -198,16 +199,16 @@ def test_crop_boxes_follow_torchvision(scale: tuple[float, float]) -> None:
     theirs = torch.tensor(
         [T.RandomResizedCrop.get_params(image, list(scale), list(ratio)) for _ in range(20000)],
         dtype=torch.float32,
-    )[:, [1, 0, 3, 2]]  # (top, left, height, width) -> (x0, y0, w, h)
-    for boxes in (ours, theirs):
-        boxes[:, 2:] /= 28
-    whole = [((boxes[:, 2] == 1) & (boxes[:, 3] == 1)).float().mean().item() for boxes in (ours, theirs)]
-    assert whole[0] == pytest.approx(whole[1], abs=0.01)
-    area = [(boxes[:, 2] * boxes[:, 3]).mean().item() for boxes in (ours, theirs)]
-    assert area[0] == pytest.approx(area[1], abs=0.003)
-    # a box that does not fit is centred (a 32×96 image is wider than any ratio allows)
+    )
+    area = [
+        (ours[:, 2] * ours[:, 3]).mean().item() / 28**2,
+        (theirs[:, 2] * theirs[:, 3]).mean().item() / 28**2,
+    ]
+    assert area[0] == pytest.approx(area[1], abs=tolerance)
+    # a 32×96 image is wider than any ratio allows: the largest 4:3 box, centred
     x0, y0, w, h = sample_crop_boxes(50, 32, 96, (0.9, 1.0), ratio).unbind(1)
-    assert (w == 43).all() and (h == 32).all() and (x0 == 26).all() and (y0 == 0).all()
+    assert torch.allclose(w, torch.tensor(128 / 3)) and (h == 32).all()
+    assert torch.allclose(x0, (96 - w) / 2) and (y0 == 0).all()
 
 
 def _fraction(mask: torch.Tensor) -> float:
