@@ -22,7 +22,11 @@ from deepclust.data.augment import (
 )
 from deepclust.errors import ConfigError
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# the CUDA case is reported as skipped where there is no GPU (CI), rather than left out unseen
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")),
+]
 
 
 def _images(n: int, channels: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:

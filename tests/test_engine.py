@@ -514,6 +514,7 @@ def test_non_finite_loss_saves_then_stops(tmp_path: Path, monkeypatch: pytest.Mo
 def test_time_budget_stops_early_then_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = RunDir(tmp_path).create()
     metrics = train(tiny_config("simclr", "train.epochs=1000", "train.time_budget_minutes=0.05"), run)
+    assert "time budget of 0.05 min reached" in capsys.readouterr().err
     stop = next(e for e in run.read_log() if e["event"] == "stop")
     assert stop["reason"] == "time budget" and stop["step"] < 1000 * (1797 // 64)
     assert metrics["step"] == stop["step"] and (run.path / "assignments.csv").is_file()
@@ -522,7 +523,9 @@ def test_time_budget_stops_early_then_evaluates(tmp_path: Path, capsys: pytest.C
         tiny_config("simclr", "train.epochs=1000", "train.time_budget_minutes=0.05"), run, resume=True
     )
     assert again["step"] == stop["step"] and again["acc"] == metrics["acc"]
-    assert f"has finished training (step {stop['step']:,}); evaluating it again" in capsys.readouterr().err
+    printed = capsys.readouterr().err
+    assert f"has finished training (step {stop['step']:,}); evaluating it again" in printed
+    assert "time budget" not in printed  # nothing was trained this time
     stops = [e for e in run.read_log() if e["event"] == "stop"]
     assert [e["step"] for e in stops] == [stop["step"], stop["step"]]
     assert not [e for e in run.read_log() if e["event"] == "train" and e["step"] > stop["step"]]

@@ -452,7 +452,7 @@ class Trainer:
                         session_start = (
                             time.perf_counter() - state.elapsed_s
                         )  # evaluation is not training time
-        if stop_reason == "time budget":
+        if stop_reason == "time budget" and not budget_spent:  # a finished run said so above
             self.console.print(
                 f"time budget of {cfg.train.time_budget_minutes} min reached at step {state.step}"
             )
