@@ -21,6 +21,7 @@ from test_datasets import write_stl10
 from deepclust.config import build_config
 from deepclust.data import ArrayDataset
 from deepclust.engine import trainer as trainer_module
+from deepclust.engine.checkpoint import save_checkpoint
 from deepclust.engine.data import TrainBatches
 from deepclust.engine.optim import LARS, build_optimizer, lr_at
 from deepclust.engine.run_dir import RunDir
@@ -267,8 +268,13 @@ def test_resume_reproduces_the_uninterrupted_loss_trajectory(
 
     interrupted = RunDir(tmp_path / "interrupted").create()
     train_interrupted(tiny_config("byol", *settings), interrupted, 23, monkeypatch)
-    assert torch.load(interrupted.path / "checkpoints/last.pt", weights_only=True)["loop"]["step"] == 20
+    checkpoint = torch.load(interrupted.last_checkpoint, weights_only=True)
+    assert checkpoint["loop"]["step"] == 20
+    # as a checkpoint written before the loop recorded its steps per epoch: it resumes all the same
+    del checkpoint["loop"]["steps_per_epoch"]
+    save_checkpoint(checkpoint, interrupted.last_checkpoint)
     train(tiny_config("byol", *settings), interrupted, resume=True)
+    assert torch.load(interrupted.last_checkpoint, weights_only=True)["loop"]["steps_per_epoch"] == 1797 // 64
 
     expected, resumed = train_steps(straight), train_steps(interrupted)
     assert sorted(resumed) == list(range(21, 41))

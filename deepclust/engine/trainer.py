@@ -99,7 +99,7 @@ class LoopState:
     batch: int = 0  # next batch index within the epoch (the data.extra_split batches come first)
     elapsed_s: float = 0.0  # training wall-clock time over all sessions (for the time budget)
     best_score: float = -math.inf
-    steps_per_epoch: int = 0  # of the session that saved it (0: not recorded, in checkpoints before 2026-12)
+    steps_per_epoch: int = 0  # of the session that saved it (0 in checkpoints from before it was recorded)
 
 
 @cache
@@ -322,7 +322,7 @@ class Trainer:
         if saved_steps_per_epoch != self.steps_per_epoch:
             # another number of processes (or batch size): go on from the same share of the epoch
             self.state.batch = round(self.state.batch * self.steps_per_epoch / saved_steps_per_epoch)
-            self.state.steps_per_epoch = self.steps_per_epoch
+        self.state.steps_per_epoch = self.steps_per_epoch  # recorded from now on, also for older checkpoints
         self._restore_rng(checkpoint["rng"])
         self.state.best_score = max(self.state.best_score, self._saved_best_score())
         if self.fabric.is_global_zero:
