@@ -166,10 +166,8 @@ def main() -> None:
             autocast = cpu_autocast(args.run) or contextlib.nullcontext
             result["heads"] = []
             for index, cluster_head in enumerate(heads):
-                with (
-                    torch.no_grad(),
-                    autocast(),
-                ):  # argmax of logits (SCAN) or of probabilities (CC): the same
+                # argmax of logits (SCAN) or of probabilities (CC): the same clusters
+                with torch.no_grad(), autocast():
                     scores = evaluate_clustering(labels, cluster_head(inputs).float().argmax(1).numpy())
                 chosen = index == method.best_head
                 result["heads"].append({"running_loss": running[index], "read_out": chosen, **scores})

@@ -68,9 +68,8 @@ class OptimConfig:
     lr_scaling: str = "none"  # none | linear (lr * global_batch / 256) | sqrt
     weight_decay: float = 0.0
     momentum: float = 0.9
-    lars_trust_coefficient: float = (
-        0.001  # LARS's η (You et al. 2017; BYOL, SwAV); solo-learn's CIFAR recipes: 0.02
-    )
+    # LARS's η (You et al. 2017; BYOL, SwAV); solo-learn's CIFAR recipes use 0.02
+    lars_trust_coefficient: float = 0.001
     lars_clip: bool = False  # LARC's clipping: no layer's rate above lr (solo-learn's clip_lr)
     schedule: str = "cosine"  # cosine | constant
     warmup_epochs: float = 0.0

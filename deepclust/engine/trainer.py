@@ -276,10 +276,6 @@ class Trainer:
         return extra
 
     # ----------------------------------------------------------------------------------------------- state
-    @property
-    def last_path(self) -> Path:
-        return self.run_dir.last_checkpoint
-
     def _checkpoint(self, rng: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "method": self.method.state_dict(),
@@ -302,20 +298,21 @@ class Trainer:
         """``checkpoints/last.pt``, written by rank 0; every rank must call it."""
         rng = self._rng_states()
         if self.fabric.is_global_zero:
-            save_checkpoint(self._checkpoint(rng), self.last_path)
+            save_checkpoint(self._checkpoint(rng), self.run_dir.last_checkpoint)
         self.fabric.barrier()
 
     def _restore(self) -> None:
-        if not self.last_path.is_file():
-            raise UserError(f"nothing to resume: {self.last_path} does not exist")
-        checkpoint = load_checkpoint(self.last_path)
+        path = self.run_dir.last_checkpoint
+        if not path.is_file():
+            raise UserError(f"nothing to resume: {path} does not exist")
+        checkpoint = load_checkpoint(path)
         try:
             self.method.load_state_dict(checkpoint["method"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise UserError(
-                f"{self.last_path} does not fit this configuration ({first_mismatch(err)}); settings that shape "
-                "the model or the optimiser (model.*, params.*, --clusters) cannot change on --resume"
+                f"{path} does not fit this configuration ({first_mismatch(err)}); settings that shape the model"
+                " or the optimiser (model.*, params.*, --clusters) cannot change on --resume"
             ) from None
         self.state = LoopState(**checkpoint["loop"])
         saved_steps_per_epoch = self.state.steps_per_epoch or self.steps_per_epoch
@@ -328,7 +325,7 @@ class Trainer:
         if self.fabric.is_global_zero:
             self.run_dir.save_config(self.cfg)  # with this session's overrides, now that the checkpoint fits
         self._log("resume", step=self.state.step, epoch=self.state.epoch)
-        self.console.print(f"resumed from {self.last_path} at step {self.state.step}")
+        self.console.print(f"resumed from {path} at step {self.state.step}")
 
     def _restore_rng(self, saved: dict[str, Any] | list[dict[str, Any]]) -> None:
         """Each rank's own random state; a checkpoint of another number of processes (or of one rank's state
@@ -462,7 +459,7 @@ class Trainer:
             if self.tensorboard is not None:
                 self.tensorboard.close()
             raise TrainingInterrupted(
-                f"interrupted at step {state.step}, saved to {self.last_path}", stop_signals[0]
+                f"interrupted at step {state.step}, saved to {self.run_dir.last_checkpoint}", stop_signals[0]
             )
         metrics = self.evaluate()
         if self.tensorboard is not None:
@@ -580,7 +577,7 @@ class Trainer:
         self._log("diverged", step=self.state.step, losses=bad or ["loss"])
         raise TrainingDiverged(
             f"non-finite loss at step {self.state.step} ({', '.join(bad or ['loss'])}); the state before it is in "
-            f"{self.last_path}. Lower optim.lr, or use train.precision=32"
+            f"{self.run_dir.last_checkpoint}. Lower optim.lr, or use train.precision=32"
         )
 
     def _log_window(

@@ -26,9 +26,8 @@ def _as_labels(values: LabelsLike, name: str) -> np.ndarray:
         raise UserError(f"{name} must be a 1-D array of labels, got shape {array.shape}")
     if array.size == 0:
         raise UserError(f"{name} is empty")
-    if (
-        array.dtype.kind in "fc" and not np.isfinite(array).all()
-    ):  # np.unique would merge the NaNs into one label
+    # np.unique would merge the NaNs into one label
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
         raise UserError(f"{name} contains NaN or infinite labels")
     return array
 

@@ -76,9 +76,9 @@ def feature_spread(features: np.ndarray) -> float:
     Zero rows have no direction (a ReLU backbone's dead features are exactly 0): they are left out, and features
     that are all zero read 0, collapsed."""
     norms = np.linalg.norm(features.astype(np.float64), axis=1)
-    alive = norms > 1e-6 * norms.max() if norms.size else norms > 0
-    if not alive.any():
+    if norms.size == 0 or norms.max() == 0:
         return 0.0
+    alive = norms > 1e-6 * norms.max()
     unit = features[alive] / norms[alive, None]
     return float(max(0.0, 1.0 - np.square(unit.mean(axis=0, dtype=np.float64)).sum()))
 
