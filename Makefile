@@ -9,8 +9,17 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
 setup: $(STAMP)
 
+# torch's CUDA build (which also runs on CPU) takes most of the 6 GiB: say so before pip runs out of disk.
+SETUP_NEEDS_KIB ?= 6291456
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
+	@if ! $(PY) -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)'; then \
+		free_kib=$$(df -Pk $(VENV) | awk 'NR == 2 {print $$4}'); \
+		if [ "$$free_kib" -lt $(SETUP_NEEDS_KIB) ]; then \
+			echo "error: the set-up needs about $$(($(SETUP_NEEDS_KIB) / 1048576)) GiB of free disk for $(VENV) (torch and its CUDA libraries); $$((free_kib / 1024)) MiB are free there" >&2; \
+			exit 2; \
+		fi; \
+	fi
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,faiss]'
 	@touch $(STAMP)
 

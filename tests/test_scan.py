@@ -93,6 +93,9 @@ def test_neighbour_vote_averages_the_neighbours_probabilities() -> None:
     assert votes.tolist() == [1, 1, 0, 1, 1, 1, 1]
     # k = 3 on 0°: 4°, 8° and 12°: (0.4833, 0.5167) -> 1, where two of three hard votes say 0
     assert neighbour_vote(probs, points, 3)[0] == 1
+    # tensors in, an array out, with the same votes
+    from_tensors = neighbour_vote(torch.as_tensor(probs), torch.as_tensor(points), 2)
+    assert isinstance(from_tensors, np.ndarray) and from_tensors.tolist() == votes.tolist()
     with pytest.raises(UserError, match="rows"):
         neighbour_vote(probs[:5], points, 2)
     with pytest.raises(UserError, match="neighbours"):

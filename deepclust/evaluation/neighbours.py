@@ -49,14 +49,19 @@ def neighbour_accuracy(neighbours: np.ndarray, labels: np.ndarray) -> float:
     return float((labels[neighbours] == labels[:, None]).mean())
 
 
-def neighbour_vote_probs(probs: np.ndarray, features: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
+def neighbour_vote_probs(
+    probs: np.ndarray | torch.Tensor, features: np.ndarray | torch.Tensor, k: int
+) -> np.ndarray:
     """Every sample's head probabilities averaged over its ``k`` cosine nearest neighbours (itself excluded)."""
+    probs = as_features(probs, "the neighbour vote's probabilities")
     if len(probs) != len(features):
         raise UserError(f"{len(probs)} rows of probabilities for {len(features)} rows of features")
     return probs[nearest_neighbours(features, k)].mean(axis=1)
 
 
-def neighbour_vote(probs: np.ndarray, features: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
+def neighbour_vote(
+    probs: np.ndarray | torch.Tensor, features: np.ndarray | torch.Tensor, k: int
+) -> np.ndarray:
     """Every sample's cluster by a vote of its ``k`` cosine nearest neighbours in feature space.
 
     The sample takes the cluster of the largest mean head probability over its neighbours (itself excluded): a
