@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the datasets, whether their files were found and where",
         description=(
             "List every dataset deepclust can load: its classes, image size and splits, and whether its files "
-            "were found (where) or how to get them. Files are looked for in --data-root, then $DEEPCLUST_DATA, "
-            "then system locations."
+            "were found (where) or how to get them. Files are looked for in --data-root (without it, in "
+            "$DEEPCLUST_DATA), then in system locations."
         ),
     )
     datasets.add_argument("--data-root", help="directory to look in first (default: $DEEPCLUST_DATA)")

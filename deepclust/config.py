@@ -64,7 +64,7 @@ class OptimConfig:
     """Optimiser and learning-rate schedule."""
 
     name: str = "adam"  # adam | adamw | sgd | lars
-    lr: float = 3e-4  # the rate at batch_size; scaled by lr_scaling
+    lr: float = 3e-4  # the base rate; with lr_scaling linear or sqrt, the rate at a global batch of 256
     lr_scaling: str = "none"  # none | linear (lr * global_batch / 256) | sqrt
     weight_decay: float = 0.0
     momentum: float = 0.9
@@ -88,14 +88,14 @@ class TrainConfig:
     epochs: int = 100
     max_steps: int | None = None
     time_budget_minutes: float | None = None  # stop cleanly at the budget, then evaluate and save
-    precision: str = (
-        "auto"  # auto (bf16-mixed on GPU and on CPUs with bf16 units, else 32) | 32 | bf16-mixed | 16-mixed
-    )
+    # auto | 32 | bf16-mixed | 16-mixed; auto is bf16-mixed on GPUs with bf16 (else 16-mixed) and on CPUs with
+    # bf16 units, else 32
+    precision: str = "auto"
     devices: int = 1  # processes per node (GPUs, or CPU processes with --device cpu)
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp
     sync_batchnorm: bool = True  # under DDP
-    compile: bool = False  # torch.compile the method
+    compile: bool = False  # torch.compile the backbone (in place; augmentations and heads stay eager)
     channels_last: bool = True
     # GPU only: cuDNN times its convolution algorithms on the first steps and keeps the fastest (the sizes are
     # fixed); the choice may differ between runs, so bit-identical GPU runs need false

@@ -326,6 +326,10 @@ def test_cifar10_found_through_environment_variable(tmp_path: Path, monkeypatch:
     assert default_data_root() == tmp_path
     assert dataset_info("cifar10").locate(None) == tmp_path / "cifar-10-batches-py"
     assert len(load_dataset("cifar10", "test")) == 3
+    # an explicit root replaces the variable, as the README and `deepclust datasets --help` say
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert dataset_info("cifar10").locate(elsewhere) is None
 
 
 @pytest.mark.parametrize("with_coarse", [True, False])
