@@ -8,6 +8,7 @@ code 2; a run that diverges exits with code 1 after saving a checkpoint.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -131,6 +132,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _is_secondary_process() -> bool:
+    """A process that torchrun or Fabric's launcher started besides the first one (rank 0 reports)."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.formatwarning = _format_warning
@@ -139,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {"datasets": cmd_datasets, "train": cmd_train, "evaluate": cmd_evaluate}[args.command]
         return handler(args, console)
     except UserError as err:
-        print(f"deepclust: error: {err}", file=sys.stderr)
+        if not _is_secondary_process():  # every process of a distributed run meets the same error
+            print(f"deepclust: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(
@@ -180,6 +187,8 @@ def _check_data_root(data_root: str | None) -> None:
 
 def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
     """(config, run directory, resume?) from the command line."""
+    from omegaconf import DictConfig
+
     from deepclust.config import build_config, load_yaml
     from deepclust.engine.run_dir import CONFIG, RunDir
 
@@ -198,9 +207,20 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
         target = args.resume or args.out
         if not target:
             raise UserError("--resume needs a run directory: --resume RUN_DIR (or --out RUN_DIR --resume)")
+        if args.config is not None:
+            raise UserError(
+                "--config cannot be used with --resume: the run's own config.yaml is used; change settings with "
+                "key=value"
+            )
+        if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise UserError(
+                f"--out {args.out} differs from --resume {args.resume}: a resumed run stays where it is"
+            )
         run = RunDir.open_existing(target)
         saved = load_yaml(run.path / CONFIG)
-        for given, saved_value in (("method", saved.get("method")), ("dataset", saved.data.get("name"))):
+        if not isinstance(saved.get("method"), str) or not isinstance(saved.get("data"), DictConfig):
+            raise UserError(f"{run.path / CONFIG} is damaged: it names no method or no data section")
+        for given, saved_value in (("method", saved.method), ("dataset", saved.data.get("name"))):
             value = getattr(args, given)
             if value is not None and value != saved_value:
                 raise UserError(f"--{given} {value} differs from the resumed run's {saved_value}")
@@ -239,7 +259,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     run = RunDir(out).create()
     try:
         return _train_in(run, cfg, resume, console)
-    except UserError:
+    except BaseException:  # a user error, a crash or Ctrl-C: a run with no checkpoint has nothing to resume
         if created is not None and not run.last_checkpoint.is_file():
             shutil.rmtree(created, ignore_errors=True)
         raise

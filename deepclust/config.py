@@ -16,12 +16,14 @@ Every section is an OmegaConf structured config, so an unknown key or a value of
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -138,11 +140,28 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"bad override {text!r}: expected key=value, e.g. optim.lr=0.01")
+    key = key.strip()
+    if key in CHOSEN_BY_FLAG:
+        raise ConfigError(f"bad override {text!r}: choose it with {CHOSEN_BY_FLAG[key]}")
     try:
         value = OmegaConf.create({"v": raw} if raw == "" else f"v: {raw}")["v"]
+    except yaml.YAMLError as err:
+        raise ConfigError(f"bad override {text!r}: cannot parse the value ({_yaml_problem(err)})") from None
     except OmegaConfBaseException as err:
         raise ConfigError(f"bad override {text!r}: cannot parse the value ({_first_line(err)})") from None
-    return key.strip(), value
+    return key, value
+
+
+# Keys that select which defaults and shipped config apply: set after those are merged, an override would pair
+# one method's (or dataset's) settings with another.
+CHOSEN_BY_FLAG = {"method": "--method", "data.name": "--dataset"}
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The parser's problem and where, in one line ("found duplicate key 'epochs' (line 3, column 1)")."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def _first_line(err: OmegaConfBaseException) -> str:
@@ -162,11 +181,17 @@ def _merge(base: DictConfig, update: Mapping[str, Any] | DictConfig, origin: str
 def load_yaml(path: str | Path) -> DictConfig:
     """Read a YAML config file; a missing or malformed file is a ConfigError."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"config file {path} is a directory; pass a YAML file (a run's is {path}/config.yaml)"
+        )
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         loaded = OmegaConf.load(path)
-    except Exception as err:  # yaml.YAMLError and friends: report the parser's message in one line
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot read config file {path}: {_yaml_problem(err)}") from None
+    except Exception as err:  # OmegaConf's own errors and undecodable bytes: the first line of the message
         raise ConfigError(f"cannot read config file {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"config file {path} must contain a mapping of sections, not a list or a scalar")
@@ -211,8 +236,10 @@ def build_config(
     from deepclust.methods import method_class  # local: methods import this module
 
     file_cfg = load_yaml(config_file) if config_file is not None else None
-    file_method = file_cfg.get("method") if file_cfg is not None else None
-    file_dataset = file_cfg.get("data", {}).get("name") if file_cfg is not None else None
+    file_method, file_dataset = _file_choices(file_cfg, config_file) if file_cfg is not None else (None, None)
+    if method is not None and file_method is not None and method != file_method:
+        # its params section and settings are another method's: merged silently, they would half apply
+        raise ConfigError(f"{config_file} is a config for method {file_method!r}, not --method {method}")
     method = method or file_method or "kmeans"
     dataset = dataset or file_dataset or "fashion-mnist"
     cls = method_class(method)
@@ -237,8 +264,31 @@ def build_config(
     for text in overrides:
         key, value = parse_override(text)
         _set(cfg, key, value, f"override {text!r}")
+    try:  # ${...} references, once, here: unresolvable ones would otherwise fail wherever they are first read
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or ""
+        raise ConfigError(
+            f"cannot resolve the configuration{f' at {key!r}' if key else ''}: {_first_line(err)}"
+        ) from None
     _validate(cfg)
     return cfg
+
+
+def _file_choices(file_cfg: DictConfig, origin: str | Path | None) -> tuple[str | None, str | None]:
+    """The method and dataset a config file names (None where it names none); a ConfigError where the file's
+    ``method``, ``data`` or ``data.name`` has the wrong shape."""
+    try:
+        method, data = file_cfg.get("method"), file_cfg.get("data")
+        if data is not None and not isinstance(data, DictConfig):
+            raise ConfigError(f"{origin}: section 'data' must be a mapping of settings, got {data!r}")
+        dataset = data.get("name") if data is not None else None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{origin}: {_first_line(err)}") from None
+    for key, value in (("method", method), ("data.name", dataset)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{origin}: {key} must be a name, got {value!r}")
+    return method, dataset
 
 
 class _open_dict:
@@ -290,8 +340,16 @@ def check_ranges(
     for keys, in_range, requirement in rules:
         for key in keys:
             value = functools.reduce(getattr, key.split("."), section)
-            if value is not None and not in_range(value):
+            if value is None:
+                continue
+            if isinstance(value, float) and math.isinf(value):  # inf > 0 holds, but one step at lr=inf is NaN
+                raise ConfigError(f"{prefix}{key} must be finite, got {value}")
+            if not in_range(value):
                 raise ConfigError(f"{prefix}{key} {requirement}, got {value}")
+
+
+# faiss's k-means takes a C int seed; numpy and torch take more, so this is the tightest bound.
+MAX_SEED = 2**31 - 1
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -301,6 +359,10 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.num_clusters must be at least 2, got {k}")
     if cfg.optim.batch_size < 2:
         raise ConfigError(f"optim.batch_size must be at least 2, got {cfg.optim.batch_size}")
+    if cfg.name is not None and (cfg.name.strip() in ("", ".", "..") or "/" in cfg.name or "\\" in cfg.name):
+        raise ConfigError(f"name {cfg.name!r} must be a plain folder name (the run goes to runs/NAME)")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be in [0, {MAX_SEED}], got {cfg.seed}")
     check_ranges(
         cfg,
         positive=(

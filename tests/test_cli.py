@@ -105,6 +105,21 @@ def test_kmeans_on_digits_writes_a_complete_run_directory(tmp_path: Path) -> Non
             ["train", "--method", "swav", "--dataset", "digits", "params.num_prototypes=0"],
             "at least 2, got 0",
         ),
+        # infinity passes "> 0", but one step at lr=inf makes the weights infinite
+        (["train", "--dataset", "digits", "optim.lr=.inf"], "optim.lr must be finite, got inf"),
+        # faiss takes a C int seed: a larger one used to fail in the read-out, after training
+        (["train", "--dataset", "digits", "--seed", "3000000000"], "seed must be in [0, 2147483647]"),
+        (["train", "--dataset", "digits", "--seed", "-1"], "seed must be in [0, 2147483647]"),
+        (["train", "--dataset", "digits", "optim.lr=[1,"], "cannot parse the value (did not find expected"),
+        (["train", "--dataset", "digits", "optim.lr=*a"], "cannot parse the value"),
+        (["train", "--dataset", "digits", "method=cc"], "choose it with --method"),
+        (["train", "--dataset", "digits", "data.name=folder"], "choose it with --dataset"),
+        (["train", "--dataset", "digits", "--name", ""], "must be a plain folder name"),
+        (["train", "--dataset", "digits", "--name", "../../x"], "must be a plain folder name"),
+        (
+            ["train", "--method", "cc", "--dataset", "digits", "augment.image_size=20000"],
+            "augment.image_size must be a number of pixels from 1 to 2048",
+        ),
         (["evaluate", "/no/such/run"], "run directory not found"),
         (["train", "--resume"], "--resume needs a run directory"),
         (["train", "--seed", "notanint"], "invalid int value"),
@@ -139,6 +154,71 @@ def test_bad_yaml_config_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureF
     bad.write_text("optim: [unclosed\n")
     assert main(["train", "--config", str(bad), "--out", str(tmp_path / "r")]) == 2
     assert "cannot read config file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("data: [1, 2]\n", "section 'data' must be a mapping"),
+        ("method: [cc]\n", "method must be a name"),
+        ("data:\n  name: 3\n", "data.name must be a name"),
+        ("name: ${nope}\n", "cannot resolve the configuration at 'name'"),
+        (
+            "data:\n  root: ${oc.env:DEEPCLUST_TEST_UNSET}\n",
+            "cannot resolve the configuration at 'data.root'",
+        ),
+        ("train:\n  epochs: 1\n  epochs: 2\n", "found duplicate key epochs (line 3, column 3)"),
+        ("method: cc\n", "is a config for method 'cc', not --method kmeans"),
+    ],
+)
+def test_config_files_of_the_wrong_shape_are_one_line(
+    text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    out = tmp_path / "runs" / "r"
+    assert (
+        main(
+            ["train", "--method", "kmeans", "--dataset", "digits", "--config", str(config), "--out", str(out)]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err, err
+    assert not out.parent.exists()
+
+
+def test_a_directory_given_as_config_file_is_named_as_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--config", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_an_unexpected_crash_before_the_first_checkpoint_leaves_no_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import deepclust.methods.kmeans as kmeans_module
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(kmeans_module, "run_kmeans", crash)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["train", "--method", "kmeans", "--dataset", "digits", "--out", str(tmp_path / "runs" / "r")])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_only_the_first_process_of_a_distributed_run_prints_a_user_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    args = ["train", "--dataset", "digits", "optim.lr=-1", "--out", str(tmp_path / "r")]
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(args) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert main(args) == 2
+    assert capsys.readouterr().err.count("deepclust: error:") == 1
 
 
 def test_config_file_and_overrides_are_merged(tmp_path: Path) -> None:
@@ -371,6 +451,27 @@ def test_a_damaged_checkpoint_is_one_line_and_exit_2(
     assert err.startswith("deepclust: error: cannot read checkpoint ") and "last.pt" in err, err
 
 
+def test_a_checkpoint_of_the_wrong_layout_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Readable files that this loop did not write: no KeyError or TypeError from deep inside the resume."""
+    run = tmp_path / "cc"
+    settings = ["model.width=8", "optim.batch_size=64", "train.progress=false", "train.max_steps=2"]
+    assert main(["train", "--method", "cc", "--dataset", "digits", "--out", str(run), *settings]) == 0
+    path = run / "checkpoints" / "last.pt"
+    good = torch.load(path, weights_only=True)
+    for checkpoint, message in (
+        ({"a": 1}, "not a deepclust training checkpoint (no 'method')"),
+        ({**good, "method": 3}, "does not fit this configuration"),
+        ({**good, "loop": {**good["loop"], "unknown": 1}}, "its loop state is not this version's"),
+    ):
+        torch.save(checkpoint, path)
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and message in err, err
+
+
 def test_deepclust_warnings_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A warning of deepclust's own (here: a file that is not an image) reads as one line, without Python's
     file:line prefix and source line."""
@@ -409,6 +510,11 @@ def test_resume_refuses_settings_the_checkpoint_does_not_fit(
         ("model.width=16", "does not fit this configuration (size mismatch for backbone"),
         ("params.num_heads=3", "does not fit this configuration (Missing key(s)"),
         ("optim.name=sgd", "optim.name=sgd differs from the resumed run's adam"),
+        ("method=simclr", "choose it with --method"),
+        # the run would go on with another dataset and overwrite its labelled results
+        ("data.name=folder", "choose it with --dataset"),
+        ("--config=" + str(run / "config.yaml"), "--config cannot be used with --resume"),
+        ("--out=" + str(tmp_path / "elsewhere"), "a resumed run stays where it is"),
     ):
         capsys.readouterr()
         assert main(["train", "--resume", str(run), override]) == 2, override
@@ -417,6 +523,9 @@ def test_resume_refuses_settings_the_checkpoint_does_not_fit(
         assert (run / "config.yaml").read_text() == saved
     assert main(["train", "--resume", str(run), "train.max_steps=3"]) == 0
     assert "max_steps: 3" in (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text("")
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "config.yaml is damaged: it names no method" in capsys.readouterr().err
 
 
 def test_an_out_path_that_cannot_be_a_directory_is_one_line(

@@ -173,8 +173,11 @@ def test_option_misuse_is_user_error() -> None:
         load_dataset("digits", image_size=32)
     with pytest.raises(UserError, match="folder_labels applies only"):
         load_dataset("digits", folder_labels=True)
-    with pytest.raises(UserError, match="positive integer"):
+    with pytest.raises(UserError, match="whole number of pixels from 1 to 2048"):
         load_dataset("digits", image_size=0)
+    # a typo such as 100000 is refused before the image cache allocates for it
+    with pytest.raises(UserError, match="whole number of pixels from 1 to 2048, got 100000"):
+        load_dataset("folder", image_size=100000)
 
 
 def test_missing_files_message_says_where_and_how(tmp_path: Path) -> None:

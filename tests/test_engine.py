@@ -517,6 +517,34 @@ def test_non_finite_loss_saves_then_stops(tmp_path: Path, monkeypatch: pytest.Mo
     assert all(torch.isfinite(t).all() for t in tensors if torch.is_tensor(t) and t.is_floating_point())
 
 
+def test_weights_broken_before_the_loss_keep_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An update that makes the weights infinite (as one at optim.lr=inf did) leaves step 3's loss finite and
+    step 4's not. Saving then would put the broken weights over the last good checkpoint, and no --resume could
+    get past them: the checkpoint of step 2 must stay."""
+    run = RunDir(tmp_path).create()
+    Trainer(tiny_config("simclr", "train.max_steps=2"), run).fit()
+    good = torch.load(run.last_checkpoint, weights_only=True)
+    original_step = Trainer._step
+
+    def breaking_step(self: Trainer, *batch: torch.Tensor | None, **options: bool) -> dict[str, torch.Tensor]:
+        losses = original_step(self, *batch, **options)
+        if self.state.step == 3:
+            with torch.no_grad():
+                next(self.method.parameters()).fill_(math.inf)
+        return losses
+
+    monkeypatch.setattr(Trainer, "_step", breaking_step)
+    with pytest.raises(TrainingDiverged, match="non-finite loss at step 3") as stopped:
+        Trainer(tiny_config("simclr", "train.max_steps=10"), run, resume=True).fit()
+    assert f"{run.last_checkpoint} was left as it was" in str(stopped.value)
+    assert "train.precision=32" not in str(stopped.value)  # the run already trains in fp32
+    kept = torch.load(run.last_checkpoint, weights_only=True)
+    assert kept["loop"]["step"] == good["loop"]["step"] == 2
+    assert all(torch.equal(kept["method"][k], v) for k, v in good["method"].items())
+
+
 def test_time_budget_stops_early_then_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = RunDir(tmp_path).create()
     metrics = train(tiny_config("simclr", "train.epochs=1000", "train.time_budget_minutes=0.05"), run)

@@ -62,6 +62,10 @@ from torch import Tensor, nn
 
 from deepclust.errors import ConfigError
 
+# The largest image side the views and the decoded-image cache accept: far above the papers' 224 px, and far below
+# the sizes whose batches no machine can hold (a typo such as 100000 would otherwise fail deep in an allocator).
+MAX_IMAGE_SIZE = 2048
+
 # Blur as SimCLR/BYOL specify it: σ ~ U(0.1, 2.0), kernel side 10% of the image side (CC: 23 px at 224 px).
 BLUR_SIGMA: tuple[float, float] = (0.1, 2.0)
 BLUR_KERNEL_FRACTION = 0.1
@@ -248,8 +252,10 @@ def _check_values(cfg: AugmentConfig) -> None:
             f"got {cfg.jitter}"
         )
     for name in ("image_size", "small_crop_size"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise ConfigError(f"augment.{name} must be a positive number of pixels, got {getattr(cfg, name)}")
+        if getattr(cfg, name) is not None and not 1 <= getattr(cfg, name) <= MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"augment.{name} must be a number of pixels from 1 to {MAX_IMAGE_SIZE}, got {getattr(cfg, name)}"
+            )
     if cfg.small_crops < 0:
         raise ConfigError(f"augment.small_crops must be 0 (none) or more, got {cfg.small_crops}")
     lo, hi = _pair(cfg.small_crop_scale, "small_crop_scale")

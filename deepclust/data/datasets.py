@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from deepclust.data import formats
+from deepclust.data.augment import MAX_IMAGE_SIZE
 from deepclust.data.image_folder import IMAGE_EXTENSIONS, default_cache_dir, find_images, load_image_files
 from deepclust.errors import DatasetNotFoundError, UserError
 
@@ -932,9 +933,13 @@ def load_dataset(
             f"dataset {info.name!r} has no split {split!r}; valid splits: {', '.join(info.splits)}"
         )
     if image_size is not None and (
-        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+        isinstance(image_size, bool)
+        or not isinstance(image_size, int)
+        or not 1 <= image_size <= MAX_IMAGE_SIZE
     ):
-        raise UserError(f"image_size must be a positive integer, got {image_size!r}")
+        raise UserError(
+            f"image_size must be a whole number of pixels from 1 to {MAX_IMAGE_SIZE}, got {image_size!r}"
+        )
     if folder_labels and info.name != "folder":
         raise UserError(f"folder_labels applies only to the 'folder' dataset, not {info.name!r}")
     request = _Request(

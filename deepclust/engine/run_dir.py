@@ -94,14 +94,37 @@ class RunDir:
     def log(self, event: str, **fields: Any) -> None:
         """Append one event to ``log.jsonl`` (a wall-clock ``time`` is added)."""
         record = {"event": event, "time": round(time.time(), 3), **fields}
-        with open(self.path / LOG, "a") as handle:
-            handle.write(json.dumps(record, default=_json_default) + "\n")
+        line = (json.dumps(record, default=_json_default) + "\n").encode()
+        with open(self.path / LOG, "a+b") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            if end:
+                handle.seek(end - 1)
+                if handle.read(1) != b"\n":
+                    # a kill mid-append left a cut-short last line: start a fresh one, or this event (often
+                    # the ``start`` of a ``--resume``) would be glued to it and lost with it
+                    line = b"\n" + line
+            handle.write(line)
 
     def read_log(self) -> list[dict[str, Any]]:
+        """Every event in ``log.jsonl``, oldest first; ``[]`` when there is no log.
+
+        Lines that are not a JSON object are skipped without a word: a kill mid-append cuts the last line
+        short, and a ``--resume`` then goes on after it, so such a line is an expected trace of an interrupted
+        run, not damage worth stopping (or warning) for. Every caller looks for events, never for a count.
+        """
         path = self.path / LOG
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        events: list[dict[str, Any]] = []
+        # errors="replace": a stray byte only spoils its own line, which is then skipped as not JSON
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
 
     def precision(self) -> str | None:
         """The precision Fabric trained and evaluated with (``32-true``, ``bf16-mixed``, ...), as the run's last
@@ -125,7 +148,15 @@ class RunDir:
         path = self.path / METRICS
         if not path.is_file():
             raise UserError(f"{self.path} has no {METRICS} yet (the run has not been evaluated)")
-        return json.loads(path.read_text())
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not valid JSON (not UTF-8 text)") from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path} is not valid JSON (line {err.lineno} column {err.colno})") from None
+        if not isinstance(metrics, dict):
+            raise UserError(f"{path} holds a JSON {_json_type(metrics)}, not an object of metrics")
+        return metrics
 
     def write_assignments(
         self,
@@ -167,12 +198,19 @@ class RunDir:
         path = self.path / ASSIGNMENTS
         if not path.is_file():
             raise UserError(f"{self.path} has no {ASSIGNMENTS} (the run has not been evaluated)")
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
-            header = next(reader, None)
-            rows = list(reader)
+            try:
+                header = next(reader, None)
+                rows = list(reader)
+            except UnicodeDecodeError:
+                raise UserError(f"{path} is not a UTF-8 CSV file") from None
+            except csv.Error as err:  # e.g. a field past the csv module's size limit
+                raise UserError(f"{path}, line {reader.line_num}: {err}") from None
         if header is None or "cluster" not in header:
             raise UserError(f"{path} is not a deepclust assignments file (no 'cluster' column)")
+        if not rows:
+            raise UserError(f"{path} has no rows")
         short = next((n for n, row in enumerate(rows, start=2) if len(row) != len(header)), None)
         if short is not None:
             raise UserError(f"{path}, line {short}: {len(header)} columns expected")
@@ -181,18 +219,27 @@ class RunDir:
         def integers(column: str) -> np.ndarray:
             try:
                 return np.asarray(table[column], dtype=np.int64)
-            except ValueError:
+            except (ValueError, OverflowError):  # OverflowError: an integer past int64
                 raise UserError(f"{path}: column {column!r} holds values that are not integers") from None
 
+        # metrics.json names the read-out in the ``cluster`` column; a damaged one is an error, not a guess
         primary = (
             self.read_metrics().get("primary", "primary") if (self.path / METRICS).is_file() else "primary"
         )
+        if not isinstance(primary, str) or not primary:
+            raise UserError(f"{self.path / METRICS}: 'primary' is not the name of a read-out")
         clusters = {primary: integers("cluster")}
         for name in header:
             if name.startswith("cluster_"):
                 clusters[name.removeprefix("cluster_")] = integers(name)
         labels = integers("label") if "label" in table else None
         return clusters, labels, primary
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages about a file that holds the wrong kind."""
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _json_default(value: Any) -> Any:

@@ -306,15 +306,23 @@ class Trainer:
         if not path.is_file():
             raise UserError(f"nothing to resume: {path} does not exist")
         checkpoint = load_checkpoint(path)
+        missing = [key for key in ("method", "optimizer", "loop", "rng") if not checkpoint.get(key)]
+        if missing:  # readable, but not written by this loop (or hand-edited)
+            raise UserError(
+                f"cannot resume from {path}: not a deepclust training checkpoint (no {missing[0]!r})"
+            )
         try:
             self.method.load_state_dict(checkpoint["method"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise UserError(
                 f"{path} does not fit this configuration ({first_mismatch(err)}); settings that shape the model"
                 " or the optimiser (model.*, params.*, --clusters) cannot change on --resume"
             ) from None
-        self.state = LoopState(**checkpoint["loop"])
+        try:
+            self.state = LoopState(**checkpoint["loop"])
+        except TypeError:
+            raise UserError(f"cannot resume from {path}: its loop state is not this version's") from None
         saved_steps_per_epoch = self.state.steps_per_epoch or self.steps_per_epoch
         if saved_steps_per_epoch != self.steps_per_epoch:
             # another number of processes (or batch size): go on from the same share of the epoch
@@ -573,11 +581,20 @@ class Trainer:
         bad = [
             name for name, value in losses.items() if name != "loss" and not torch.isfinite(value.detach())
         ]
-        self.save()  # the state before this step: nothing was updated yet
+        path = self.run_dir.last_checkpoint
+        state = self.method.state_dict().values()
+        if all(torch.isfinite(t).all() for t in state if t.is_floating_point()):
+            self.save()  # the state before this step: nothing was updated yet
+            kept = f"the state before it is in {path}"
+        else:  # an earlier update overflowed the weights: keep the last good checkpoint
+            kept = f"the weights were already non-finite, so {path} was left as it was"
+            if not path.is_file():
+                kept = "the weights were already non-finite, so no checkpoint was written"
         self._log("diverged", step=self.state.step, losses=bad or ["loss"])
+        precision = getattr(getattr(self.fabric, "_precision", None), "precision", "32-true")
+        advice = "Lower optim.lr" + (", or use train.precision=32" if precision != "32-true" else "")
         raise TrainingDiverged(
-            f"non-finite loss at step {self.state.step} ({', '.join(bad or ['loss'])}); the state before it is in "
-            f"{self.run_dir.last_checkpoint}. Lower optim.lr, or use train.precision=32"
+            f"non-finite loss at step {self.state.step} ({', '.join(bad or ['loss'])}); {kept}. {advice}"
         )
 
     def _log_window(

@@ -51,14 +51,22 @@ def load_pretrained_method(
         started = [event for event in run.read_log() if event.get("event") == "start"]
         if not started:
             raise UserError(f"{setting}: {run.path} has no start event in its log.jsonl")
-        num_clusters = int(started[0]["num_clusters"])
+        num_clusters = started[0].get("num_clusters")
+        if not isinstance(num_clusters, int) or isinstance(num_clusters, bool) or num_clusters < 1:
+            raise UserError(f"{setting}: {run.path}'s start event in log.jsonl has no valid num_clusters")
     method: Method = method_class(cfg.method)(cfg, image_shape, num_clusters)
     if cfg.train.channels_last:
         # the weights' memory format as in training: under bf16 the convolutions' results depend on it, so
         # features re-read in another format differ from the run's own evaluation in the last bits
         method = method.to(memory_format=torch.channels_last)
+    weights = load_checkpoint(checkpoint).get("method")
+    if not isinstance(weights, dict) or not all(isinstance(key, str) for key in weights):
+        # a readable checkpoint without model weights (not written by deepclust, or hand-edited)
+        raise UserError(
+            f"{setting}: {checkpoint} does not fit its own configuration (no model weights under 'method')"
+        )
     try:
-        method.load_state_dict(load_checkpoint(checkpoint)["method"])
+        method.load_state_dict(weights)
     except RuntimeError as err:
         raise UserError(
             f"{setting}: {checkpoint} does not fit its own configuration ({first_mismatch(err)})"

@@ -78,9 +78,15 @@ def load_pretrained_backbone(backbone: nn.Module, source: str | Path) -> Path:
         path = RunDir(path).last_checkpoint
     if not path.is_file():
         raise UserError(f"params.pretrained: no checkpoint at {path}")
-    weights = load_checkpoint(path).get("method", {})
+    weights = load_checkpoint(path).get("method")
+    if not isinstance(weights, dict):
+        weights = {}  # a readable file that is not a deepclust checkpoint: no backbone weights, said below
     prefix = "backbone."
-    state = {key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)}
+    state = {
+        key[len(prefix) :]: value
+        for key, value in weights.items()
+        if isinstance(key, str) and key.startswith(prefix)
+    }
     if not state:
         raise UserError(f"params.pretrained: {path} has no backbone weights")
     try:
