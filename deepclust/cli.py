@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="cluster a dataset (k-means or a deep method) into a run directory",
         description=(
             "Cluster a dataset and write a run directory (config.yaml, metrics.json, assignments.csv, "
-            "log.jsonl, checkpoints/). Any configuration field can be overridden as key=value, "
-            "e.g. optim.lr=0.001 train.epochs=5."
+            "log.jsonl, checkpoints/). Any configuration field but the method and the dataset (--method, "
+            "--dataset) can be overridden as key=value, e.g. optim.lr=0.001 train.epochs=5."
         ),
     )
     train.add_argument("--method", help="kmeans (default) or a deep method (an unknown name lists them all)")
