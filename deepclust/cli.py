@@ -187,9 +187,7 @@ def _check_data_root(data_root: str | None) -> None:
 
 def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
     """(config, run directory, resume?) from the command line."""
-    from omegaconf import DictConfig
-
-    from deepclust.config import build_config, load_yaml
+    from deepclust.config import build_config, file_choices, load_yaml
     from deepclust.engine.run_dir import CONFIG, RunDir
 
     _check_data_root(args.data_root)
@@ -218,9 +216,10 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
             )
         run = RunDir.open_existing(target)
         saved = load_yaml(run.path / CONFIG)
-        if not isinstance(saved.get("method"), str) or not isinstance(saved.get("data"), DictConfig):
-            raise UserError(f"{run.path / CONFIG} is damaged: it names no method or no data section")
-        for given, saved_value in (("method", saved.method), ("dataset", saved.data.get("name"))):
+        saved_method, saved_dataset = file_choices(saved, run.path / CONFIG)
+        if saved_method is None or saved_dataset is None:
+            raise UserError(f"{run.path / CONFIG} is damaged: it names no method or no dataset")
+        for given, saved_value in (("method", saved_method), ("dataset", saved_dataset)):
             value = getattr(args, given)
             if value is not None and value != saved_value:
                 raise UserError(f"--{given} {value} differs from the resumed run's {saved_value}")

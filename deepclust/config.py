@@ -158,7 +158,7 @@ CHOSEN_BY_FLAG = {"method": "--method", "data.name": "--dataset"}
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
-    """The parser's problem and where, in one line ("found duplicate key 'epochs' (line 3, column 1)")."""
+    """The parser's problem and where, in one line ("found duplicate key epochs (line 3, column 3)")."""
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
@@ -236,7 +236,7 @@ def build_config(
     from deepclust.methods import method_class  # local: methods import this module
 
     file_cfg = load_yaml(config_file) if config_file is not None else None
-    file_method, file_dataset = _file_choices(file_cfg, config_file) if file_cfg is not None else (None, None)
+    file_method, file_dataset = file_choices(file_cfg, config_file) if file_cfg is not None else (None, None)
     if method is not None and file_method is not None and method != file_method:
         # its params section and settings are another method's: merged silently, they would half apply
         raise ConfigError(f"{config_file} is a config for method {file_method!r}, not --method {method}")
@@ -275,7 +275,7 @@ def build_config(
     return cfg
 
 
-def _file_choices(file_cfg: DictConfig, origin: str | Path | None) -> tuple[str | None, str | None]:
+def file_choices(file_cfg: DictConfig, origin: str | Path | None) -> tuple[str | None, str | None]:
     """The method and dataset a config file names (None where it names none); a ConfigError where the file's
     ``method``, ``data`` or ``data.name`` has the wrong shape."""
     try:

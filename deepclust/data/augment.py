@@ -60,11 +60,8 @@ from kornia.enhance import (
 from kornia.filters import gaussian_blur2d
 from torch import Tensor, nn
 
+from deepclust.data.datasets import MAX_IMAGE_SIZE
 from deepclust.errors import ConfigError
-
-# The largest image side the views and the decoded-image cache accept: far above the papers' 224 px, and far below
-# the sizes whose batches no machine can hold (a typo such as 100000 would otherwise fail deep in an allocator).
-MAX_IMAGE_SIZE = 2048
 
 # Blur as SimCLR/BYOL specify it: σ ~ U(0.1, 2.0), kernel side 10% of the image side (CC: 23 px at 224 px).
 BLUR_SIGMA: tuple[float, float] = (0.1, 2.0)

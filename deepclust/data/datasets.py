@@ -36,9 +36,12 @@ import numpy as np
 import torch
 
 from deepclust.data import formats
-from deepclust.data.augment import MAX_IMAGE_SIZE
 from deepclust.data.image_folder import IMAGE_EXTENSIONS, default_cache_dir, find_images, load_image_files
 from deepclust.errors import DatasetNotFoundError, UserError
+
+# The largest image side the decoded-image cache and the views accept: far above the papers' 224 px, and far below
+# the sizes whose batches no machine can hold (a typo such as 100000 would otherwise fail deep in an allocator).
+MAX_IMAGE_SIZE = 2048
 
 ENV_DATA = "DEEPCLUST_DATA"
 

@@ -306,10 +306,12 @@ class Trainer:
         if not path.is_file():
             raise UserError(f"nothing to resume: {path} does not exist")
         checkpoint = load_checkpoint(path)
-        missing = [key for key in ("method", "optimizer", "loop", "rng") if not checkpoint.get(key)]
+        missing = next(
+            (key for key in ("method", "optimizer", "loop", "rng") if not checkpoint.get(key)), None
+        )
         if missing:  # readable, but not written by this loop (or hand-edited)
             raise UserError(
-                f"cannot resume from {path}: not a deepclust training checkpoint (no {missing[0]!r})"
+                f"cannot resume from {path}: not a deepclust training checkpoint (no {missing!r})"
             )
         try:
             self.method.load_state_dict(checkpoint["method"])
@@ -372,11 +374,16 @@ class Trainer:
             ) from None
         return SummaryWriter(str(self.run_dir.path / "tensorboard"))
 
+    @property
+    def precision(self) -> str | None:
+        """The precision Fabric trains in (``32-true``, ``bf16-mixed``, ...)."""
+        return getattr(getattr(self.fabric, "_precision", None), "precision", None)
+
     # ------------------------------------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
         cfg, state = self.cfg, self.state
         budget_s = cfg.train.time_budget_minutes * 60 if cfg.train.time_budget_minutes else math.inf
-        precision = self.fabric._precision.precision if hasattr(self.fabric, "_precision") else None
+        precision = self.precision
         processes = f", {self.fabric.world_size} processes" if self.fabric.world_size > 1 else ""
         limit = f" or {cfg.train.time_budget_minutes:g} minutes" if cfg.train.time_budget_minutes else ""
         budget_spent = state.elapsed_s >= budget_s
@@ -587,12 +594,10 @@ class Trainer:
             self.save()  # the state before this step: nothing was updated yet
             kept = f"the state before it is in {path}"
         else:  # an earlier update overflowed the weights: keep the last good checkpoint
-            kept = f"the weights were already non-finite, so {path} was left as it was"
-            if not path.is_file():
-                kept = "the weights were already non-finite, so no checkpoint was written"
+            left = f"{path} was left as it was" if path.is_file() else "no checkpoint was written"
+            kept = f"the weights were already non-finite, so {left}"
         self._log("diverged", step=self.state.step, losses=bad or ["loss"])
-        precision = getattr(getattr(self.fabric, "_precision", None), "precision", "32-true")
-        advice = "Lower optim.lr" + (", or use train.precision=32" if precision != "32-true" else "")
+        advice = "Lower optim.lr" + (", or use train.precision=32" if self.precision != "32-true" else "")
         raise TrainingDiverged(
             f"non-finite loss at step {self.state.step} ({', '.join(bad or ['loss'])}); {kept}. {advice}"
         )
