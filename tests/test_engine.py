@@ -652,43 +652,36 @@ def train_ddp_on_digits(method: str, out: Path, *settings: str) -> subprocess.Co
     return result
 
 
-def test_ddp_on_cpu_with_two_processes(tmp_path: Path) -> None:
-    """`train.devices=2` on CPU: Fabric launches two gloo processes; rank 0 alone writes the run directory."""
-    out = tmp_path / "ddp"
-    result = train_ddp_on_digits("simclr", out)
-    events = RunDir(out).read_log()
+def test_ddp_on_cpu_with_two_processes_resumes_the_loss_trajectory(tmp_path: Path) -> None:
+    """`train.devices=2` on CPU: Fabric launches two gloo processes; rank 0 alone writes the run directory. Every
+    rank draws its own augmentations, so each must get its own random state back: 6 steps straight against 3
+    steps, then `--resume` to 6. Then one process resumes the two-process run."""
+    settings = ("optim.schedule=constant", "train.checkpoint_every_steps=3")
+    straight = tmp_path / "straight"
+    result = train_ddp_on_digits("simclr", straight, *settings, "train.max_steps=6")
+    events = RunDir(straight).read_log()
     starts = [e for e in events if e["event"] == "start"]
     assert len(starts) == 1 and starts[0]["world_size"] == 2
-    assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3]
+    assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert result.stdout.count("ACC") == 1
     assert "Initializing distributed" not in result.stderr  # the trainer names the processes itself
 
-    # resumed by one process: its 3 steps of 64 images are 6 of 32, and one epoch is 56 steps of 32
-    train(
-        build_config(
-            config_file=out / "config.yaml",
-            overrides=["train.devices=1", "train.max_steps=null", "train.epochs=1"],
-        ),
-        RunDir(out),
-        resume=True,
-    )
-    assert sorted(train_steps(RunDir(out))) == list(range(4, 54))
-
-
-def test_ddp_resume_reproduces_the_loss_trajectory(tmp_path: Path) -> None:
-    """Every rank draws its own augmentations, so each must get its own random state back: two gloo processes,
-    6 steps straight against 3 steps, then `--resume` to 6."""
-    settings = ("optim.schedule=constant", "train.checkpoint_every_steps=3")
-    train_ddp_on_digits("simclr", tmp_path / "straight", *settings, "train.max_steps=6")
     resumed = tmp_path / "resumed"
     train_ddp_on_digits("simclr", resumed, *settings)
     command = [sys.executable, "-m", "deepclust.cli", "train", "--resume", str(resumed), "train.max_steps=6"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    expected, again = train_steps(RunDir(tmp_path / "straight")), train_steps(RunDir(resumed))
+    expected, again = train_steps(RunDir(straight)), train_steps(RunDir(resumed))
     assert sorted(again) == [4, 5, 6]
     for step, loss in again.items():
         assert loss == pytest.approx(expected[step], abs=1e-6), step
+
+    # resumed by one process: its 6 steps of 64 images are 12 of 32, and one epoch is 56 steps of 32
+    overrides = ["train.devices=1", "train.max_steps=null", "train.epochs=1"]
+    train(
+        build_config(config_file=straight / "config.yaml", overrides=overrides), RunDir(straight), resume=True
+    )
+    assert sorted(train_steps(RunDir(straight))) == list(range(7, 51))
 
 
 def test_ddp_extra_split_leaves_the_cluster_head_unused_without_failing(tmp_path: Path) -> None:
