@@ -8,6 +8,7 @@ code 2; a run that diverges exits with code 1 after saving a checkpoint.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import sys
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+# Where the run directory's storage fails mid-run (full, over quota, read-only, no permission, failing): one
+# line that names the file, not a traceback; the checkpoint written before is intact (written atomically).
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -287,6 +291,16 @@ def _train_in(run: RunDir, cfg: DictConfig, resume: bool, console: Console) -> i
         except TrainingInterrupted as err:
             print(f"deepclust: {err}; continue with: deepclust train --resume {run.path}", file=sys.stderr)
             return 128 + err.signal_number  # the shell's code for a process stopped by that signal
+        except OSError as err:
+            if err.errno not in STORAGE_ERRORS:
+                raise
+            if not _is_secondary_process():
+                print(
+                    f"deepclust: error: cannot write {err.filename or 'to the run directory'}: {err.strerror}; "
+                    f"the last checkpoint is intact: continue with: deepclust train --resume {run.path}",
+                    file=sys.stderr,
+                )
+            return 1
     if not metrics:  # a non-zero rank of a distributed run: rank 0 reports
         return 0
     print_metrics(console, metrics, f"{cfg.method} on {cfg.data.name}")

@@ -169,7 +169,33 @@ def _first_line(err: OmegaConfBaseException) -> str:
     return str(getattr(err, "msg", None) or err).splitlines()[0]
 
 
+def _section_example(section: DictConfig, name: str) -> str:
+    """``name.first_key`` of a section of settings, to show how its keys are written."""
+    first = next(iter(section.keys()), None)
+    return f"{name}.{first}" if first is not None else name
+
+
+def _check_sections(base: DictConfig, update: Mapping[str, Any], origin: str, prefix: str = "") -> None:
+    """A ConfigError where ``update`` gives a plain value (a number, a list, nothing) to what is a section of
+    settings in ``base``: OmegaConf's own message for it names its internal classes."""
+    for key, value in update.items():
+        if not isinstance(key, str) or key not in base:
+            continue  # unknown keys are reported by the merge, with the known ones
+        current, name = base[key], f"{prefix}{key}"
+        if isinstance(current, DictConfig):
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"{origin}: {name!r} is a section of settings (such as {_section_example(current, name)}): "
+                    f"it takes a mapping of them, not {value!r}"
+                )
+            _check_sections(current, value, origin, f"{name}.")
+
+
 def _merge(base: DictConfig, update: Mapping[str, Any] | DictConfig, origin: str) -> DictConfig:
+    if isinstance(update, DictConfig):
+        _check_sections(base, OmegaConf.to_container(update, resolve=False), origin)  # type: ignore[arg-type]
+    else:
+        _check_sections(base, update, origin)
     try:
         return OmegaConf.merge(base, update)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
@@ -188,13 +214,18 @@ def load_yaml(path: str | Path) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        loaded = OmegaConf.load(path)
+        # OmegaConf reads a file that holds one word as {word: None}: the plain YAML says what the file holds
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = OmegaConf.load(path) if content is None or isinstance(content, dict) else None
     except yaml.YAMLError as err:
         raise ConfigError(f"cannot read config file {path}: {_yaml_problem(err)}") from None
     except Exception as err:  # OmegaConf's own errors and undecodable bytes: the first line of the message
         raise ConfigError(f"cannot read config file {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"config file {path} must contain a mapping of sections, not a list or a scalar")
+        held = "a list" if isinstance(content, list) else f"the single value {content!r}"
+        raise ConfigError(
+            f"config file {path} must contain a mapping of sections (such as optim:), not {held}"
+        )
     return loaded
 
 
@@ -311,6 +342,12 @@ def _set(cfg: DictConfig, key: str, value: Any, origin: str) -> None:
         names = ", ".join(sorted(known.keys())) if isinstance(known, DictConfig) else ""
         hint = f"; known keys{' in ' + section if section else ''}: {names}" if names else ""
         raise ConfigError(f"{origin}: unknown configuration key {key!r}{hint}")
+    current = OmegaConf.select(cfg, key)
+    if isinstance(current, DictConfig):
+        raise ConfigError(
+            f"{origin}: {key!r} is a section of settings: set them one by one, such as "
+            f"{_section_example(current, key)}=..."
+        )
     try:
         OmegaConf.update(cfg, key, value, merge=False)
     except OmegaConfBaseException as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -65,12 +66,18 @@ def test_kmeans_on_digits_writes_a_complete_run_directory(tmp_path: Path) -> Non
         (["train", "--dataset", "no-such-set"], "unknown dataset"),
         (["train", "--method", "no-such-method"], "unknown method"),
         (["train", "--dataset", "digits", "no.such.key=1"], "unknown configuration key"),
-        (["train", "--dataset", "digits", "optim.lr=abc"], "optim.lr"),
+        (
+            ["train", "--dataset", "digits", "optim.lr=abc"],
+            "override 'optim.lr=abc': Value 'abc' of type 'str' could not be converted to Float",
+        ),
         (["train", "--dataset", "digits", "notanoverride"], "key=value"),
         (["train", "--dataset", "digits", "--clusters", "1"], "at least 2"),
         (["train", "--dataset", "digits", "--clusters", "5000"], "more than the 1797 samples"),
         (["train", "--config", "/no/such/file.yaml"], "config file not found"),
-        (["train", "--dataset", "folder", "--data-root", "/no/such/dir"], "/no/such/dir"),
+        (
+            ["train", "--dataset", "folder", "--data-root", "/no/such/dir"],
+            "--data-root /no/such/dir is not a directory",
+        ),
         (["train", "--method", "simclr", "data.extra_split=test"], "simclr has no instance-level losses"),
         (["train", "--method", "cc", "data.extra_split=all"], "is already the clustered split"),
         (
@@ -103,7 +110,7 @@ def test_kmeans_on_digits_writes_a_complete_run_directory(tmp_path: Path) -> Non
         ),
         (
             ["train", "--method", "swav", "--dataset", "digits", "params.num_prototypes=0"],
-            "at least 2, got 0",
+            "params.num_prototypes must be at least 2, got 0",
         ),
         # infinity passes "> 0", but one step at lr=inf makes the weights infinite
         (["train", "--dataset", "digits", "optim.lr=.inf"], "optim.lr must be finite, got inf"),
@@ -114,6 +121,10 @@ def test_kmeans_on_digits_writes_a_complete_run_directory(tmp_path: Path) -> Non
         (["train", "--dataset", "digits", "optim.lr=*a"], "cannot parse the value"),
         (["train", "--dataset", "digits", "method=cc"], "choose it with --method"),
         (["train", "--dataset", "digits", "data.name=folder"], "choose it with --dataset"),
+        (
+            ["train", "--dataset", "digits", "optim={lr: 1}"],
+            "'optim' is a section of settings: set them one by one, such as optim.name=...",
+        ),
         (["train", "--dataset", "digits", "--name", ""], "must be a plain folder name"),
         (["train", "--dataset", "digits", "--name", "../../x"], "must be a plain folder name"),
         (
@@ -169,6 +180,17 @@ def test_bad_yaml_config_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureF
         ),
         ("train:\n  epochs: 1\n  epochs: 2\n", "found duplicate key epochs (line 3, column 3)"),
         ("method: cc\n", "is a config for method 'cc', not --method kmeans"),
+        ("5\n", "must contain a mapping of sections (such as optim:), not the single value 5"),
+        ("hello\n", "not the single value 'hello'"),  # OmegaConf alone reads it as {hello: None}
+        ("- optim\n", "must contain a mapping of sections (such as optim:), not a list"),
+        (
+            "optim: 5\n",
+            "'optim' is a section of settings (such as optim.name): it takes a mapping of them, not 5",
+        ),
+        (
+            "optim:\n",
+            "'optim' is a section of settings (such as optim.name): it takes a mapping of them, not None",
+        ),
     ],
 )
 def test_config_files_of_the_wrong_shape_are_one_line(
@@ -293,6 +315,7 @@ def test_a_run_that_never_starts_leaves_no_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Missing data or a setting refused by the method: no stale run directory (nor the folders above it)."""
+    (tmp_path / "nothing").mkdir()  # a data root that exists, without the dataset's files
     data_missing = [
         "train",
         "--method",
@@ -303,6 +326,7 @@ def test_a_run_that_never_starts_leaves_no_directory(
         str(tmp_path / "nothing"),
     ]
     assert main([*data_missing, "--out", str(tmp_path / "runs" / "a")]) == 2
+    assert "cifar10: files not found, looked in" in capsys.readouterr().err
     refused = ["train", "--method", "cc", "--dataset", "digits", "params.entropy_variant=other"]
     assert main([*refused, "--out", str(tmp_path / "runs" / "b")]) == 2
     assert not (tmp_path / "runs").exists()
@@ -312,7 +336,7 @@ def test_a_run_that_never_starts_leaves_no_directory(
     assert main([*refused, "--out", str(mine)]) == 2
     assert mine.is_dir()
     printed = capsys.readouterr()
-    assert printed.err.count("deepclust: error:") == 3
+    assert printed.err.count("deepclust: error: params.entropy_variant must be one of") == 2
     assert "run directory" not in printed.out + printed.err  # it is never named: it was not kept
 
 
@@ -541,3 +565,40 @@ def test_an_out_path_that_cannot_be_a_directory_is_one_line(
         assert main(["train", "--method", "cc", "--dataset", "digits", "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert err == f"deepclust: error: cannot create run directory {out}: {message}", err
+
+
+def test_a_full_disk_mid_run_is_one_line_and_the_last_checkpoint_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The second checkpoint's write fails half-way (ENOSPC): exit 1 with one line that names the file and the
+    resume command, no half-written file left behind, and the first checkpoint resumes the run to its end."""
+    run = tmp_path / "cc"
+    settings = ["model.width=8", "optim.batch_size=64", "train.progress=false", "train.max_steps=4"]
+    settings += ["train.log_every_steps=1", "train.checkpoint_every_steps=2"]
+    save = torch.save
+    writes = []
+
+    def disk_fills_up(state: Any, handle: Any) -> None:
+        writes.append(state["loop"]["step"])
+        if len(writes) == 2:
+            handle.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a failed write: no file named
+        save(state, handle)
+
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    command = ["train", "--method", "cc", "--dataset", "digits", "--out", str(run), *settings]
+    assert main(command) == 1
+    err = capsys.readouterr().err.strip()  # the run's start lines, then the error
+    assert err.count("deepclust: error:") == 1 and "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        f"deepclust: error: cannot write {run / 'checkpoints' / 'last.pt'}: No space left on device; the last "
+        f"checkpoint is intact: continue with: deepclust train --resume {run}"
+    )
+    assert writes == [2, 4]
+    assert [path.name for path in (run / "checkpoints").iterdir()] == ["last.pt"]
+    monkeypatch.setattr(torch, "save", save)
+    assert main(["train", "--resume", str(run)]) == 0
+    events = RunDir(run).read_log()
+    resumed = next(i for i, e in enumerate(events) if e["event"] == "resume")
+    assert events[resumed]["step"] == 2
+    assert [e["step"] for e in events[resumed:] if e["event"] == "train"] == [3, 4]

@@ -16,7 +16,14 @@ from torch import Tensor
 
 from deepclust.config import CONFIG_DIR, build_config
 from deepclust.errors import ConfigError
-from deepclust.losses import byol_loss, cc_entropy_term, cluster_contrastive_loss, nt_xent, sinkhorn
+from deepclust.losses import (
+    byol_loss,
+    cc_entropy_term,
+    cluster_contrastive_loss,
+    nt_xent,
+    sinkhorn,
+    swav_loss,
+)
 from deepclust.methods import METHODS, method_class
 from deepclust.methods.base import Method, TrainingProgress
 from deepclust.models.ema import cosine_momentum
@@ -186,20 +193,13 @@ def test_cosine_momentum_schedule() -> None:
     assert cosine_momentum(0.3, 0.9) == pytest.approx(1 - 0.1 * (math.cos(math.pi * 0.3) + 1) / 2)
 
 
-def test_byol_target_gets_no_gradient_and_follows_ema() -> None:
-    method = make_method("byol", "params.base_momentum=0.9").train()
-    online = torch.nn.Sequential(method.backbone, method.projector)
-    # The target starts as an exact copy of the online encoder.
-    for t, o in zip(method.target.state_dict().values(), online.state_dict().values(), strict=True):
-        assert torch.equal(t, o)
-    optimizer = torch.optim.SGD(method.parameter_groups(0.0), lr=0.1)
-    method(images())["loss"].backward()
-    assert all(p.grad is None and not p.requires_grad for p in method.target.parameters())
-    optimizer.step()
+def step_target_and_check_ema(method: Method, online: torch.nn.Module, tau: float) -> None:
+    """Run the method's after-step hook and check that every float tensor of its target moved to
+    τ·target + (1 − τ)·online (integer buffers, such as BatchNorm's step count, are copied), at least one of them
+    changing."""
     target_before = [t.clone() for t in method.target.state_dict().values()]
     online_now = [o.clone() for o in online.state_dict().values()]
     method.on_after_optimizer_step(TrainingProgress(3, 0.3, 10))
-    tau = 1 - (1 - 0.9) * (math.cos(math.pi * 3 / 10) + 1) / 2
     assert method.momentum == pytest.approx(tau)
     moved = 0
     for key, t_old, o, t_new in zip(
@@ -215,6 +215,19 @@ def test_byol_target_gets_no_gradient_and_follows_ema() -> None:
         else:
             assert torch.equal(t_new, o), key
     assert moved > 0
+
+
+def test_byol_target_gets_no_gradient_and_follows_ema() -> None:
+    method = make_method("byol", "params.base_momentum=0.9").train()
+    online = torch.nn.Sequential(method.backbone, method.projector)
+    # The target starts as an exact copy of the online encoder.
+    for t, o in zip(method.target.state_dict().values(), online.state_dict().values(), strict=True):
+        assert torch.equal(t, o)
+    optimizer = torch.optim.SGD(method.parameter_groups(0.0), lr=0.1)
+    method(images())["loss"].backward()
+    assert all(p.grad is None and not p.requires_grad for p in method.target.parameters())
+    optimizer.step()
+    step_target_and_check_ema(method, online, 1 - (1 - 0.9) * (math.cos(math.pi * 3 / 10) + 1) / 2)
 
 
 # ---------------------------------------------------------------------------------------------- SwAV
@@ -265,19 +278,40 @@ def test_swav_queue_fills_round_trips_and_is_used() -> None:
 
 
 def test_swav_multi_crop_trains_on_small_views_and_other_methods_refuse_them() -> None:
+    """Every view, large or small, predicts the Sinkhorn codes of the two large ones (SwAV Eq. 1 summed over the
+    views): the loss equals ``swav_loss`` over all views' scores, not only the assignment views'."""
+    generator = torch.Generator().manual_seed(0)
+
+    def check(method: Method, sizes: list[int]) -> None:
+        views = [torch.randn(BATCH, 1, size, size, generator=generator) for size in sizes]
+        method.views = lambda _images: [view.clone() for view in views]  # type: ignore[method-assign]
+        loss = method(images())["loss"]
+        with torch.no_grad():
+            scores = list(method.prototypes(method.embed(views)).chunk(len(views)))
+        epsilon, iterations, tau = (
+            method.params.epsilon,
+            method.params.sinkhorn_iterations,
+            method.params.temperature,
+        )
+        codes = [sinkhorn(view_scores, epsilon, iterations) for view_scores in scores[:2]]
+        assert loss.item() == pytest.approx(swav_loss(scores, codes, tau).item(), rel=1e-5)
+        assert not math.isclose(loss.item(), swav_loss(scores[:2], codes, tau).item(), rel_tol=1e-3)
+        loss.backward()
+        assert next(method.backbone.parameters()).grad is not None
+
     method = make_method("swav", "augment.small_crops=2", "augment.small_crop_size=4").train()
     seen: list[tuple[int, ...]] = []
-    method.backbone.register_forward_hook(lambda _m, inputs, _out: seen.append(tuple(inputs[0].shape)))
-    losses = method(images())
+    hook = method.backbone.register_forward_hook(lambda _m, inputs, _out: seen.append(tuple(inputs[0].shape)))
+    method(images())
     # one backbone pass per resolution: the 2 large views, then the 2 small ones
     assert seen == [(2 * BATCH, 1, 8, 8), (2 * BATCH, 1, 4, 4)]
-    losses["loss"].backward()
-    assert torch.isfinite(losses["loss"]) and next(method.backbone.parameters()).grad is not None
+    hook.remove()
+    check(method, [8, 8, 4, 4])
     # more large views than assignment views: every view predicts the codes of views 0 and 1
     three = make_method(
         "swav", "augment.num_views=3", "augment.blur_prob=[0,0,0]", "augment.solarize_prob=[0,0,0]"
-    )
-    assert torch.isfinite(three(images())["loss"])
+    ).train()
+    check(three, [8, 8, 8])
     with pytest.raises(ConfigError, match="small_crops=0"):
         make_method("cc", "augment.small_crops=2")
 

@@ -183,7 +183,7 @@ def test_mlp_layer_structure() -> None:
     assert [type(m) for m in deep] == [nn.Linear, nn.BatchNorm1d, nn.ReLU] * 2 + [nn.Linear, nn.BatchNorm1d]
     assert [type(m) for m in mlp(8, 16, 4, num_layers=1)] == [nn.Linear]
     assert mlp(8, 16, 4)(torch.randn(5, 8)).shape == (5, 4)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="needs at least 1 layer, got num_layers=0"):
         mlp(8, 16, 4, num_layers=0)
 
 

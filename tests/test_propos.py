@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_engine import tiny_config, train_ddp_on_digits, train_interrupted, train_steps
-from test_methods import BATCH, images, make_method
+from test_methods import BATCH, images, make_method, step_target_and_check_ema
 
 from deepclust.data import ArrayDataset
 from deepclust.engine.optim import build_optimizer, set_lr
@@ -18,7 +18,6 @@ from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import train
 from deepclust.errors import ConfigError
 from deepclust.losses import byol_loss, prototype_scattering_loss
-from deepclust.methods import TrainingProgress
 from deepclust.models.ema import cosine_momentum
 
 
@@ -142,19 +141,27 @@ def test_the_predictor_learns_at_its_scaled_rate() -> None:
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_target_momentum_schedules(schedule: str) -> None:
+    """After an optimiser step the target moves to τ·target + (1 − τ)·online, τ constant (the authors' code) or
+    BYOL's cosine schedule: the online weights are perturbed first, since the target starts as their copy."""
     method = make_method("propos", f"params.momentum_schedule={schedule}", "params.base_momentum=0.9")
-    method.on_after_optimizer_step(TrainingProgress(3, 0.3, 10))
-    expected = 0.9 if schedule == "constant" else cosine_momentum(0.3, 0.9)
-    assert method.momentum == pytest.approx(expected)
+    online = method._online_encoder()
+    with torch.no_grad():
+        for param in online.parameters():
+            param.add_(torch.randn_like(param))
     assert not math.isclose(cosine_momentum(0.3, 0.9), 0.9)
+    step_target_and_check_ema(method, online, 0.9 if schedule == "constant" else cosine_momentum(0.3, 0.9))
 
 
 @pytest.mark.parametrize(
-    "override",
-    ["params.momentum_schedule=linear", "params.temperature=0", "params.reassign_every_epochs=0"],
+    ("override", "message"),
+    [
+        ("params.momentum_schedule=linear", "params.momentum_schedule must be one of"),
+        ("params.temperature=0", "params.temperature must be positive"),
+        ("params.reassign_every_epochs=0", "params.reassign_every_epochs must be at least 1"),
+    ],
 )
-def test_bad_parameters_are_config_errors(override: str) -> None:
-    with pytest.raises(ConfigError):
+def test_bad_parameters_are_config_errors(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
         make_method("propos", override)
 
 

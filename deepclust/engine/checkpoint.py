@@ -18,11 +18,19 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename: a kill never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)  # a full disk, a kill: the half-written file must not take the space
+        if isinstance(
+            err, OSError
+        ):  # name the checkpoint: a failed write names no file, or the temporary one
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

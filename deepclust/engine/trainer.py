@@ -128,7 +128,10 @@ def fabric_settings(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
     devices: int | list[int] = cfg.train.devices
     if device.startswith("cuda:"):
-        devices = [int(device.split(":", 1)[1])]
+        index, count = device.split(":", 1)[1], torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise UserError(f"--device {device}: this machine's CUDA GPUs are cuda:0 to cuda:{count - 1}")
+        devices = [int(index)]
     precision = str(cfg.train.precision)
     if precision == "auto":
         if accelerator == "cuda":
