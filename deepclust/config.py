@@ -192,10 +192,8 @@ def _check_sections(base: DictConfig, update: Mapping[str, Any], origin: str, pr
 
 
 def _merge(base: DictConfig, update: Mapping[str, Any] | DictConfig, origin: str) -> DictConfig:
-    if isinstance(update, DictConfig):
-        _check_sections(base, OmegaConf.to_container(update, resolve=False), origin)  # type: ignore[arg-type]
-    else:
-        _check_sections(base, update, origin)
+    plain = OmegaConf.to_container(update, resolve=False) if isinstance(update, DictConfig) else update
+    _check_sections(base, plain, origin)  # type: ignore[arg-type]
     try:
         return OmegaConf.merge(base, update)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
@@ -336,13 +334,13 @@ class _open_dict:
 
 
 def _set(cfg: DictConfig, key: str, value: Any, origin: str) -> None:
-    if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+    current = OmegaConf.select(cfg, key, default="__missing__")
+    if current == "__missing__":
         section = key.rsplit(".", 1)[0] if "." in key else ""
         known = OmegaConf.select(cfg, section) if section else cfg
         names = ", ".join(sorted(known.keys())) if isinstance(known, DictConfig) else ""
         hint = f"; known keys{' in ' + section if section else ''}: {names}" if names else ""
         raise ConfigError(f"{origin}: unknown configuration key {key!r}{hint}")
-    current = OmegaConf.select(cfg, key)
     if isinstance(current, DictConfig):
         raise ConfigError(
             f"{origin}: {key!r} is a section of settings: set them one by one, such as "

@@ -26,9 +26,8 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)  # a full disk, a kill: the half-written file must not take the space
-        if isinstance(
-            err, OSError
-        ):  # name the checkpoint: a failed write names no file, or the temporary one
+        # name the checkpoint: a failed write names no file, or the temporary one
+        if isinstance(err, OSError):
             raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
