@@ -15,6 +15,10 @@ Where CIFAR-10 is not on disk, ``--random-cifar10 N`` writes N random images in 
 python pickles of ``cifar-10-batches-py``) to a temporary folder and reads them from there: the speed does not
 depend on the pixels.
 
+Like the ``deepclust`` command, it first sets the C library's allocator up to keep freed memory
+(deepclust/host.py; ``DEEPCLUST_TUNE_MALLOC=0`` leaves it as it is), and it reports the page faults per timed
+step.
+
 Prints one line per method and writes the rows to ``--out`` (JSON) when given. A method that fails is reported
 with its error and the others still run.
 """
@@ -34,14 +38,27 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from deepclust.host import tune_allocator
 
-from deepclust.config import build_config
-from deepclust.engine.run_dir import RunDir
-from deepclust.engine.trainer import Trainer
-from deepclust.errors import UserError
-from deepclust.methods import method_class
+tune_allocator()  # as the `deepclust` command does, and before torch is imported (deepclust/host.py)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from deepclust.config import build_config  # noqa: E402
+from deepclust.engine.run_dir import RunDir  # noqa: E402
+from deepclust.engine.trainer import Trainer  # noqa: E402
+from deepclust.errors import UserError  # noqa: E402
+from deepclust.methods import method_class  # noqa: E402
+
+
+def minor_page_faults() -> int:
+    """Page faults of this process so far that the kernel served without I/O (0 where the OS does not say)."""
+    if sys.platform == "win32":
+        return 0
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def device_name(device: torch.device) -> str:
@@ -133,7 +150,9 @@ def time_method(
             return time.perf_counter() - t0
 
         warmup_s = run_steps(warmup)  # compilation, cuDNN autotuning and allocator growth happen here
+        faults_before = minor_page_faults()
         seconds = [run_steps(steps) for _ in range(windows)]
+        faults_per_step = (minor_page_faults() - faults_before) / (steps * windows)
         profile = profile_steps(run_steps, profiled, target) if profiled else None
         if target.type == "cuda":
             peak_gib = torch.cuda.max_memory_allocated(target) / 2**30
@@ -156,6 +175,7 @@ def time_method(
         "images_per_s": round(steps * batch / median_s, 1),
         "images_per_s_windows": [round(steps * batch / s, 1) for s in seconds],
         "ms_per_step": round(1000 * median_s / steps, 3),
+        "page_faults_per_step": round(faults_per_step),
         "setup_and_warmup_s": round(setup_s + warmup_s, 2),
         "warmup_s": round(warmup_s, 2),
         "peak_memory_gib": None if peak_gib is None else round(peak_gib, 3),
@@ -228,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{method:8s} {row['precision']:11s} compile={row['compile']!s:5s} batch {row['batch_size']:4d}  "
                 f"{row['images_per_s']:10.1f} images/s  {row['ms_per_step']:8.2f} ms/step  "
+                f"{row['page_faults_per_step']:6d} page faults/step  "
                 f"(setup + warm-up {row['setup_and_warmup_s']} s, peak {row['peak_memory_gib']} GiB)",
                 flush=True,
             )

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from deepclust import __version__
 from deepclust.errors import UserError
+from deepclust.host import tune_allocator
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -142,6 +143,7 @@ def _is_secondary_process() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_allocator()  # before anything imports torch (deepclust/host.py)
     args = parse_args(argv)
     warnings.formatwarning = _format_warning
     console = Console()

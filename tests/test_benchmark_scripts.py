@@ -181,6 +181,7 @@ def test_train_speed_times_every_learner(tmp_path: Path) -> None:
     for row in rows:
         assert row["batch_size"] == 64 and row["steps"] == 2 and len(row["images_per_s_windows"]) == 2
         assert row["images_per_s"] > 0 and row["ms_per_step"] > 0
+        assert isinstance(row["page_faults_per_step"], int) and row["page_faults_per_step"] >= 0
         # images/s and ms/step both come from the median window
         assert row["images_per_s"] == pytest.approx(64 / (row["ms_per_step"] / 1000), rel=0.01)
         profile = row["profile"]  # on the CPU: the operations per step, no waits for a device
@@ -205,6 +206,7 @@ def test_train_speed_reports_a_broken_learner_and_times_the_others(
         return {
             **row,
             "ms_per_step": 8000.0,
+            "page_faults_per_step": 0,
             "setup_and_warmup_s": 0.0,
             "peak_memory_gib": None,
             "profile": None,

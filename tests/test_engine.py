@@ -28,7 +28,7 @@ from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import Trainer, TrainingDiverged, train
 from deepclust.errors import ConfigError
 from deepclust.evaluation import evaluate_clustering
-from deepclust.evaluation.readout import compute_readouts, feature_spread, precision_autocast
+from deepclust.evaluation.readout import compute_readouts, extract, feature_spread, precision_autocast
 
 TINY = [
     "model.width=8",
@@ -228,6 +228,27 @@ def test_neighbour_vote_and_balanced_read_outs(tmp_path: Path) -> None:
         tiny_config("cc", "train.neighbour_vote=-1")
     with pytest.raises(ConfigError, match="fewer neighbours than the 1797 samples"):
         Trainer(tiny_config("cc", "train.neighbour_vote=1797"), RunDir(tmp_path / "big").create())
+
+
+def test_extract_reads_every_image_in_order_in_cpu_sized_batches() -> None:
+    class Recorder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches: list[int] = []
+
+        def readout(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+            self.batches.append(len(images))
+            return {"features": images.float().flatten(1)}
+
+    images = np.arange(600, dtype=np.uint8).reshape(600, 1, 1, 1)
+    method = Recorder()
+    features = extract(method, ArrayDataset("toy", images), torch.device("cpu"))["features"]
+    assert features[:, 0].tolist() == images.ravel().tolist()
+    # 256 on the CPU, where 1024-image activations of the small CNN are mapped afresh for every batch
+    assert method.batches == [256, 256, 88]
+    method.batches.clear()
+    extract(method, ArrayDataset("toy", images), torch.device("cpu"), batch_size=500)
+    assert method.batches == [500, 100]
 
 
 def test_read_outs_by_hand() -> None:
