@@ -38,18 +38,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from deepclust.config import build_config
+from deepclust.engine.run_dir import RunDir
+from deepclust.engine.trainer import Trainer
+from deepclust.errors import UserError
 from deepclust.host import tune_allocator
-
-tune_allocator()  # as the `deepclust` command does, and before torch is imported (deepclust/host.py)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from deepclust.config import build_config  # noqa: E402
-from deepclust.engine.run_dir import RunDir  # noqa: E402
-from deepclust.engine.trainer import Trainer  # noqa: E402
-from deepclust.errors import UserError  # noqa: E402
-from deepclust.methods import method_class  # noqa: E402
+from deepclust.methods import method_class
 
 
 def minor_page_faults() -> int:
@@ -215,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"train_speed: error: {err} (overrides go before --methods or after --)", file=sys.stderr)
         return 2
+    tune_allocator()  # as the `deepclust` command does
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         overrides = list(args.overrides)

@@ -143,7 +143,7 @@ def _is_secondary_process() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    tune_allocator()  # before anything imports torch (deepclust/host.py)
+    tune_allocator()  # keep the memory a CPU step frees for the next one (deepclust/host.py)
     args = parse_args(argv)
     warnings.formatwarning = _format_warning
     console = Console()

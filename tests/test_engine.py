@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import platform
 import signal
 import subprocess
 import sys
@@ -453,6 +454,10 @@ def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(tmp_pa
     steps = train_steps(RunDir(out))
     assert min(steps) == saved_step + 1 and max(steps) == 4 * (1797 // 64)
     assert json.loads((out / "metrics.json").read_text())["step"] == 4 * (1797 // 64)
+    if platform.libc_ver()[0] == "glibc" and sys.maxsize > 2**32:
+        # the command's allocator settings (deepclust/host.py) are in the run's log
+        start = next(e for e in RunDir(out).read_log() if e["event"] == "start")
+        assert start["host_allocator"] == ["M_TRIM_THRESHOLD=2147483647", "M_MMAP_THRESHOLD=33554432"]
 
 
 @pytest.mark.parametrize(("stop_signal", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from deepclust import host
 from deepclust.config import to_yaml
 from deepclust.data import ArrayDataset, load_dataset
 from deepclust.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -410,6 +411,7 @@ class Trainer:
             total_steps=self.total_steps,
             world_size=self.fabric.world_size,
             precision=precision,
+            host_allocator=host.applied_settings,
             **(
                 {"extra_split": cfg.data.extra_split, "extra_samples": len(self.extra_batches.dataset)}
                 if self.extra_batches is not None

@@ -53,8 +53,8 @@ def extract(
 
     ``batch_size`` defaults to 1024 on a GPU and 256 on the CPU. There the small CNN's first activations of a
     1024 batch (103 MB) are above glibc's largest mmap threshold (32 MiB), so every batch maps fresh pages: on
-    the dev CPU (AVX2) all 70,000 Fashion-MNIST images took 22.6 s and 4.4 million page faults at 1024, and
-    13.1 s at 256 (benchmarks/RESULTS.md, "Page faults on the CPU")."""
+    the dev CPU (AVX2) all 70,000 Fashion-MNIST images took 17–25 s and 4.3–5.2 million page faults at 1024,
+    and 12–16 s at 256 (benchmarks/RESULTS.md, "Page faults on the CPU")."""
     if batch_size is None:
         batch_size = 1024 if device.type == "cuda" else 256
     was_training = method.training
