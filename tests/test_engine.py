@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import platform
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 from test_datasets import write_stl10
+from test_host import GLIBC_64BIT, MMAP, TRIM
 
 from deepclust.config import build_config
 from deepclust.data import ArrayDataset
@@ -454,10 +454,9 @@ def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(tmp_pa
     steps = train_steps(RunDir(out))
     assert min(steps) == saved_step + 1 and max(steps) == 4 * (1797 // 64)
     assert json.loads((out / "metrics.json").read_text())["step"] == 4 * (1797 // 64)
-    if platform.libc_ver()[0] == "glibc" and sys.maxsize > 2**32:
-        # the command's allocator settings (deepclust/host.py) are in the run's log
+    if GLIBC_64BIT:  # the command's allocator settings (deepclust/host.py) are in the run's log
         start = next(e for e in RunDir(out).read_log() if e["event"] == "start")
-        assert start["host_allocator"] == ["M_TRIM_THRESHOLD=2147483647", "M_MMAP_THRESHOLD=33554432"]
+        assert start["host_allocator"] == [TRIM, MMAP]
 
 
 @pytest.mark.parametrize(("stop_signal", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -19,6 +19,13 @@ from deepclust.host import MMAP_THRESHOLD, TRIM_THRESHOLD, tune_allocator
 GLIBC_64BIT = platform.libc_ver()[0] == "glibc" and sys.maxsize > 2**32
 TRIM = f"M_TRIM_THRESHOLD={TRIM_THRESHOLD}"
 MMAP = f"M_MMAP_THRESHOLD={MMAP_THRESHOLD}"
+# the opt-out and the user's own settings, cleared where a test needs the defaults
+ALLOCATOR_VARIABLES = (
+    "DEEPCLUST_TUNE_MALLOC",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "GLIBC_TUNABLES",
+)
 
 # A child that mallocs three 24 MiB blocks at every "step", writes every page and frees them, as a CPU training
 # step does with its activations, and counts the page faults per step once the heap has settled, with or without
@@ -56,12 +63,7 @@ ALLOCATION_CYCLES = textwrap.dedent(
 
 def _allocation_cycles(mode: str) -> dict[str, Any]:
     env = dict(os.environ)
-    for name in (
-        "DEEPCLUST_TUNE_MALLOC",
-        "MALLOC_TRIM_THRESHOLD_",
-        "MALLOC_MMAP_THRESHOLD_",
-        "GLIBC_TUNABLES",
-    ):
+    for name in ALLOCATOR_VARIABLES:
         env.pop(name, None)
     env.pop("LD_PRELOAD", None)  # another allocator (jemalloc, tcmalloc) would take the calls
     result = subprocess.run(
@@ -93,12 +95,7 @@ def test_tuned_allocator_keeps_freed_activations_without_page_faults() -> None:
 def test_the_users_own_settings_win(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: list[str]
 ) -> None:
-    for variable in (
-        "DEEPCLUST_TUNE_MALLOC",
-        "MALLOC_TRIM_THRESHOLD_",
-        "MALLOC_MMAP_THRESHOLD_",
-        "GLIBC_TUNABLES",
-    ):
+    for variable in ALLOCATOR_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv(name, value)
     assert tune_allocator() == expected
