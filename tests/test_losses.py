@@ -18,6 +18,7 @@ from deepclust.losses import (
     cluster_contrastive_loss,
     cluster_entropy,
     cluster_prototypes,
+    nearest_neighbour_contrast,
     nt_xent,
     prototype_scattering_loss,
     sinkhorn,
@@ -96,6 +97,33 @@ def test_nt_xent_hand_computed_on_the_circle() -> None:
     l_b1 = -math.log(e(0) / (e(0) + e(-2) + e(-1)))  # s(a1)=0, s(a0)=−1, s(b0)=−½
     expected = (l_a0 + l_b0 + l_a1 + l_b1) / 4
     assert nt_xent(z_a, z_b, temperature=0.5).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_nearest_neighbour_contrast_hand_computed() -> None:
+    # NN(z_0) = (1, 0), NN(z_1) = (0, 1); positives z⁺_0 = (0.6, 0.8), z⁺_1 = (1, 0), scaled (the loss
+    # normalises both). τ = 0.5 doubles every cosine: anchor 0 scores (1.2, 2) and takes key 0, anchor 1 scores
+    # (1.6, 0) and takes key 1.
+    neighbours = torch.tensor([[2.0, 0.0], [0.0, 5.0]])
+    positives = torch.tensor([[0.3, 0.4], [3.0, 0.0]], requires_grad=True)
+    e = math.exp
+    l_0 = -1.2 + math.log(e(1.2) + e(2.0))
+    l_1 = -0.0 + math.log(e(1.6) + e(0.0))
+    loss = nearest_neighbour_contrast(neighbours, positives, temperature=0.5)
+    assert loss.item() == pytest.approx((l_0 + l_1) / 2, rel=1e-6)
+    loss.backward()
+    assert positives.grad is not None and positives.grad.abs().sum() > 0
+
+
+def test_nearest_neighbour_contrast_gives_the_neighbours_no_gradient_and_checks_arguments() -> None:
+    neighbours = torch.randn(4, 3, requires_grad=True)
+    nearest_neighbour_contrast(neighbours, torch.randn(4, 3, requires_grad=True)).backward()
+    assert neighbours.grad is None
+    with pytest.raises(ValueError, match="temperature"):
+        nearest_neighbour_contrast(torch.randn(4, 3), torch.randn(4, 3), temperature=0.0)
+    with pytest.raises(ValueError, match="N×D"):
+        nearest_neighbour_contrast(torch.randn(4, 3), torch.randn(5, 3))
+    half = nearest_neighbour_contrast(torch.randn(4, 3).bfloat16(), torch.randn(4, 3).bfloat16())
+    assert half.dtype == torch.float32
 
 
 @pytest.mark.parametrize("n", [1, 3, 8])

@@ -20,6 +20,7 @@ from deepclust.losses import (
     byol_loss,
     cc_entropy_term,
     cluster_contrastive_loss,
+    nearest_neighbour_contrast,
     nt_xent,
     sinkhorn,
     swav_loss,
@@ -410,6 +411,43 @@ def test_cc_heads_minimise_their_mean_loss_and_read_out_the_lowest() -> None:
     assert torch.equal(method.state_dict()["head_losses"], torch.tensor([0.5, -1.0, 0.2]))
 
 
+@pytest.mark.parametrize("space", ["embedding", "pixels"])
+def test_cc_neighbour_queue_uses_nt_xent_until_full_then_nnclr_against_the_support_set(space: str) -> None:
+    """With a support set of one batch: step 1 is CC's NT-Xent and fills it; step 2, on the same images and
+    views, finds each sample's own first view of step 1 as its neighbour (in either space) and takes NNCLR's
+    symmetric loss; the set round-trips through the state dict."""
+    extra = (f"params.neighbour_queue={BATCH}", f"params.neighbour_space={space}")
+    method = make_method("cc", *extra).train()
+    view_a, view_b = fixed_views(method)
+    with torch.no_grad():
+        z_a = F.normalize(method.instance_head(method.backbone(view_a)), dim=1)
+        z_b = F.normalize(method.instance_head(method.backbone(view_b)), dim=1)
+    first = method(images())
+    torch.testing.assert_close(first["instance"].detach(), nt_xent(z_a, z_b, 0.5))
+    assert method.support_set.full
+    torch.testing.assert_close(method.support_set.embeddings, z_a)
+    second = method(images())
+    # in pixel space both views find their image's step-1 entry; in embedding space view b finds its own
+    neighbour_b = z_a if space == "pixels" else z_a[(z_b @ z_a.T).argmax(dim=1)]
+    expected = 0.5 * (
+        nearest_neighbour_contrast(z_a, z_b, 0.5) + nearest_neighbour_contrast(neighbour_b, z_a, 0.5)
+    )
+    torch.testing.assert_close(second["instance"].detach(), expected)
+    assert not torch.allclose(second["instance"], first["instance"])
+    restored = make_method("cc", *extra)
+    restored.load_state_dict(method.state_dict())
+    assert restored.support_set.full and torch.equal(restored.support_set.embeddings, z_a)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [("params.neighbour_space=labels", "neighbour_space"), ("params.neighbour_queue=-1", "neighbour_queue")],
+)
+def test_cc_rejects_bad_neighbour_settings(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_method("cc", override)
+
+
 def test_cc_head_zero_is_the_single_head() -> None:
     """One head keeps the single-head checkpoint keys; with more, head 0 starts from the same weights."""
     single, multi = make_method("cc"), make_method("cc", "params.num_heads=2")
@@ -425,7 +463,29 @@ def test_cc_head_zero_is_the_single_head() -> None:
 
 WORLD = 2
 # every method, and CC's stacked cluster heads (gathered along the samples of H×N×K assignments)
-DISTRIBUTED_CASES = {name: (name,) for name in NAMES} | {"cc, 3 heads": ("cc", "params.num_heads=3")}
+DISTRIBUTED_CASES = {name: (name,) for name in NAMES} | {
+    "cc, 3 heads": ("cc", "params.num_heads=3"),
+    "cc, neighbours": ("cc", "params.neighbour_queue=8"),
+    "cc, pixel neighbours": ("cc", "params.neighbour_queue=8", "params.neighbour_space=pixels"),
+}
+
+
+def fill_support_set(method: Method) -> None:
+    """Fill a CC support set with fixed unit embeddings and keys (every process pushes the same rows, so the
+    gathered push leaves every process the set one process gets)."""
+    support = getattr(method, "support_set", None)
+    if support is None:
+        return
+    generator = torch.Generator().manual_seed(2)
+    size, dim = support.embeddings.shape
+    embeddings = F.normalize(torch.randn(size, dim, generator=generator), dim=1)
+    keys = (
+        None
+        if support.keys is None
+        else F.normalize(torch.randn(size, support.keys.shape[1], generator=generator), dim=1)
+    )
+    support.push(embeddings, keys)
+    assert support.full
 
 
 def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
@@ -439,6 +499,7 @@ def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
                 name, *extra
             ).eval()  # BatchNorm on running statistics: independent of the split
             views = fixed_views(method)
+            fill_support_set(method)
             rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
             method.augmenter.forward = lambda _images, v=views, r=rows: [x[r].clone() for x in v]
             losses = method(images()[rows])
@@ -456,6 +517,7 @@ def test_distributed_losses_average_to_the_single_process_loss(tmp_path: Path) -
     for case, (name, *extra) in DISTRIBUTED_CASES.items():
         method = make_method(name, *extra).eval()
         fixed_views(method)
+        fill_support_set(method)
         single[case] = {k: v.detach() for k, v in method(images()).items()}
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -19,6 +19,7 @@ from deepclust.models import (
     small_cnn_strides,
     stacked_cluster_probs,
 )
+from deepclust.models.support_set import SupportSet, pixel_key_size, pixel_keys
 
 RESNET_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
@@ -235,3 +236,63 @@ def test_stacked_cluster_probs_are_each_heads_probabilities() -> None:
     normalised = [ClusterHead(12, 4, batch_norm=True).eval() for _ in range(2)]
     (fallback,) = stacked_cluster_probs(normalised, h)
     torch.testing.assert_close(fallback, torch.stack([head(h) for head in normalised]))
+
+
+# ---------------------------------------------------------------------------------------------- support set
+
+
+def test_support_set_is_a_ring_that_fills_then_overwrites_the_oldest_rows() -> None:
+    support = SupportSet(size=5, dim=2)
+    assert not support.full
+    support.push(torch.arange(6.0).reshape(3, 2))  # rows 0-2
+    assert not support.full
+    support.push(torch.arange(6.0, 12.0).reshape(3, 2))  # rows 3, 4, then row 0 again
+    assert support.full
+    assert support.embeddings[:, 0].tolist() == [10.0, 2.0, 4.0, 6.0, 8.0]
+    support.push(torch.arange(100.0, 114.0).reshape(7, 2))  # more than fits: the latest five, from row 1 on
+    assert support.embeddings[:, 0].tolist() == [112.0, 104.0, 106.0, 108.0, 110.0]
+
+
+def test_support_set_finds_the_most_similar_key() -> None:
+    embeddings = torch.eye(3)
+    by_embedding = SupportSet(size=3, dim=3)
+    by_embedding.push(embeddings)
+    queries = torch.nn.functional.normalize(torch.tensor([[0.1, 0.9, 0.2], [0.8, 0.0, -0.1]]), dim=1)
+    assert torch.equal(by_embedding.nearest(queries), embeddings[[1, 0]])
+    # separate keys: the key decides, and the embedding is returned
+    by_key = SupportSet(size=3, dim=3, key_dim=2)
+    by_key.push(embeddings, keys=torch.tensor([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]]))
+    assert torch.equal(by_key.nearest(torch.tensor([[0.9, 0.1], [-0.2, -0.9]])), embeddings[[1, 2]])
+    with pytest.raises(ValueError, match="key_dim"):
+        by_key.push(embeddings)
+    with pytest.raises(ValueError, match="key_dim"):
+        by_embedding.push(embeddings, keys=embeddings)
+    with pytest.raises(ValueError, match="at least one"):
+        SupportSet(size=0, dim=3)
+
+
+def test_support_set_state_round_trips_and_continues_where_it_was() -> None:
+    support = SupportSet(size=4, dim=2, key_dim=3)
+    support.push(torch.randn(3, 2), keys=torch.randn(3, 3))
+    restored = SupportSet(size=4, dim=2, key_dim=3)
+    restored.load_state_dict(support.state_dict())
+    assert torch.equal(restored.embeddings, support.embeddings) and torch.equal(restored.keys, support.keys)
+    assert not restored.full
+    new = torch.randn(2, 2), torch.randn(2, 3)
+    support.push(*new)
+    restored.push(*new)
+    assert restored.full and torch.equal(restored.embeddings, support.embeddings)
+
+
+def test_pixel_keys_are_centred_unit_vectors_blind_to_brightness_and_pooled_when_large() -> None:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 100, (3, 1, 28, 28), dtype=torch.uint8, generator=generator)
+    keys = pixel_keys(images)
+    assert keys.shape == (3, 784) and keys.dtype == torch.float32
+    torch.testing.assert_close(keys.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(keys.sum(dim=1), torch.zeros(3), atol=1e-5, rtol=0)
+    # a brighter, higher-contrast copy (2x + 40) has the same key
+    torch.testing.assert_close(pixel_keys(images * 2 + 40), keys)
+    large = torch.randint(0, 256, (2, 3, 96, 64), dtype=torch.uint8, generator=generator)
+    assert pixel_keys(large).shape == (2, 3 * 32 * 32) == (2, pixel_key_size((3, 96, 64)))
+    assert pixel_key_size((1, 28, 28)) == 784

@@ -2,6 +2,7 @@
 
 from deepclust.losses.byol import byol_loss
 from deepclust.losses.cluster_contrast import cc_entropy_term, cluster_contrastive_loss, cluster_entropy
+from deepclust.losses.nearest_neighbour import nearest_neighbour_contrast
 from deepclust.losses.nt_xent import NTXentLoss, nt_xent
 from deepclust.losses.prototype_scattering import cluster_prototypes, prototype_scattering_loss
 from deepclust.losses.scan import neighbour_consistency
@@ -17,6 +18,7 @@ __all__ = [
     "cluster_entropy",
     "cluster_prototypes",
     "confident_self_label_loss",
+    "nearest_neighbour_contrast",
     "neighbour_consistency",
     "nt_xent",
     "prototype_scattering_loss",

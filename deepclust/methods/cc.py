@@ -6,7 +6,9 @@ contrasted at ``τ_C``, plus an entropy term on the cluster marginals that preve
 Neither head has BatchNorm, and each view goes through the network separately, as in the authors' code. The
 cluster read-out is the argmax of ``g_C``. With ``params.num_heads > 1`` several cluster heads are trained side
 by side on the same backbone, their mean cluster loss is minimised, and the head with the lowest running cluster
-loss is read out (as SCAN's code and IIC's sub-heads do; not in the CC paper). See docs/methods/cc.md.
+loss is read out (as SCAN's code and IIC's sub-heads do; not in the CC paper). With ``params.neighbour_queue > 0``
+the instance loss takes NNCLR's nearest neighbours from a support set of recent embeddings as its anchors (not in
+the CC paper either). See docs/methods/cc.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from deepclust.config import check_ranges
 from deepclust.errors import ConfigError
 from deepclust.losses import cc_entropy_term, cluster_contrastive_loss, nt_xent
 from deepclust.losses.cluster_contrast import ENTROPY_VARIANTS
+from deepclust.losses.nearest_neighbour import nearest_neighbour_contrast
 from deepclust.methods.common import (
     BackboneMethod,
     at_head,
@@ -30,6 +33,10 @@ from deepclust.methods.common import (
     update_running_losses,
 )
 from deepclust.models import ClusterHead, mlp, stacked_cluster_probs
+from deepclust.models.support_set import SupportSet, pixel_key_size, pixel_keys
+
+#: what a support-set neighbour is searched by: the instance embedding (NNCLR) or the image's pixels
+NEIGHBOUR_SPACES = ("embedding", "pixels")
 
 
 @dataclass
@@ -50,6 +57,14 @@ class CCConfig:
             mean of their cluster losses, so one head or several weigh the same against ``L_ins``.
         head_loss_momentum: momentum of each head's running cluster loss (contrast plus weighted entropy
             term), the exponential average over training steps whose lowest value picks the read-out head.
+        neighbour_queue: size of a support set of the latest first-view instance embeddings (0: none, CC's
+            NT-Xent). Once it is full, the instance loss is NNCLR's (Dwibedi et al. 2021): each view's nearest
+            neighbour in the support set is the anchor, the other view of the same sample its positive and the
+            other samples' views its negatives, at ``τ_I``.
+        neighbour_space: what the nearest neighbour is searched by: "embedding" (each view's instance
+            embedding, as NNCLR does) or "pixels" (the un-augmented image's centred pixels; the same neighbour
+            for both views). Pixel neighbours suit centred, aligned images on a plain background such as
+            Fashion-MNIST, not natural images.
     """
 
     instance_dim: int = 128
@@ -60,6 +75,8 @@ class CCConfig:
     entropy_variant: str = "code"
     num_heads: int = 1
     head_loss_momentum: float = 0.99
+    neighbour_queue: int = 0
+    neighbour_space: str = "embedding"
 
 
 class ContrastiveClustering(BackboneMethod):
@@ -81,12 +98,15 @@ class ContrastiveClustering(BackboneMethod):
         if p.entropy_variant not in ENTROPY_VARIANTS:
             choices = ", ".join(ENTROPY_VARIANTS)
             raise ConfigError(f"params.entropy_variant must be one of {choices}; got {p.entropy_variant!r}")
+        if p.neighbour_space not in NEIGHBOUR_SPACES:
+            choices = ", ".join(NEIGHBOUR_SPACES)
+            raise ConfigError(f"params.neighbour_space must be one of {choices}; got {p.neighbour_space!r}")
         check_ranges(
             p,
             "params.",
             positive=("instance_temperature", "cluster_temperature"),
             at_least_one=("instance_dim", "hidden_dim"),
-            non_negative=("entropy_weight",),
+            non_negative=("entropy_weight", "neighbour_queue"),
         )
         head_losses = running_head_losses(p.num_heads, p.head_loss_momentum)
         hidden = p.hidden_dim or self.feature_dim
@@ -99,6 +119,10 @@ class ContrastiveClustering(BackboneMethod):
             )
             # each head's running cluster loss; the lowest one is read out
             self.register_buffer("head_losses", head_losses)
+        self.support_set: SupportSet | None = None
+        if p.neighbour_queue > 0:
+            key_dim = pixel_key_size(image_shape) if p.neighbour_space == "pixels" else None
+            self.support_set = SupportSet(p.neighbour_queue, p.instance_dim, key_dim)
 
     @property
     def cluster_heads(self) -> list[ClusterHead]:
@@ -115,6 +139,28 @@ class ContrastiveClustering(BackboneMethod):
         """Soft assignments ``softmax(g_C(h))`` of the read-out head, N×K (float32)."""
         return self.cluster_heads[self.best_head](features)
 
+    def instance_loss(self, images: Tensor, z_a: Tensor, z_b: Tensor) -> Tensor:
+        """``L_ins``: NT-Xent (CC, Eq. 3), or NNCLR's loss once the support set is full; then this batch's
+        first-view embeddings join the support set."""
+        p = self.params
+        support = self.support_set
+        if support is None:
+            return nt_xent(z_a, z_b, p.instance_temperature, gather=self.gather)
+        keys = pixel_keys(images) if support.keys is not None else None
+        if support.full:
+            if keys is None:  # in embedding space each view finds its own neighbour
+                neighbour_a, neighbour_b = support.nearest(z_a), support.nearest(z_b)
+            else:  # both views share their image's pixel neighbour
+                neighbour_a = neighbour_b = support.nearest(keys)
+            loss = 0.5 * (
+                nearest_neighbour_contrast(neighbour_a, z_b, p.instance_temperature, gather=self.gather)
+                + nearest_neighbour_contrast(neighbour_b, z_a, p.instance_temperature, gather=self.gather)
+            )
+        else:
+            loss = nt_xent(z_a, z_b, p.instance_temperature, gather=self.gather)
+        support.push(z_a, keys)
+        return loss
+
     def forward(self, images: Tensor, instance_only: bool = False) -> dict[str, Tensor]:
         """``L = L_ins + L_clu`` (Li et al. 2021, Eq. 3, 6, 7), the entropy term weighted and per variant.
 
@@ -127,7 +173,7 @@ class ContrastiveClustering(BackboneMethod):
         z_b = F.normalize(self.instance_head(h_b), dim=1)
         p = self.params
         gather = self.gather
-        instance = nt_xent(z_a, z_b, p.instance_temperature, gather=gather)
+        instance = self.instance_loss(images, z_a, z_b)
         if instance_only:
             return {"loss": instance, "instance": instance}
         # Several heads: H×N×K assignments of all of them at once, and each loss gives H values. One head: N×K.
