@@ -271,6 +271,15 @@ def test_support_set_finds_the_most_similar_key() -> None:
         SupportSet(size=0, dim=3)
 
 
+def test_support_set_ranks_in_float32_under_autocast() -> None:
+    # cosines of 0.99955 and 0.99995: both round to 1.0 in bf16, where argmax would return the first, worse key
+    keys = torch.nn.functional.normalize(torch.tensor([[1.0, 0.03], [1.0, 0.01]]), dim=1)
+    support = SupportSet(size=2, dim=2, key_dim=2)
+    support.push(torch.eye(2), keys=keys)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(support.nearest(torch.tensor([[1.0, 0.0]])), torch.eye(2)[[1]])
+
+
 def test_support_set_state_round_trips_and_continues_where_it_was() -> None:
     support = SupportSet(size=4, dim=2, key_dim=3)
     support.push(torch.randn(3, 2), keys=torch.randn(3, 3))

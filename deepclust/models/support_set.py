@@ -62,7 +62,8 @@ class SupportSet(nn.Module):
     def nearest(self, queries: Tensor) -> Tensor:
         """The stored embedding whose key is most similar to each of the unit-length ``queries`` (N×key size)."""
         keys = self.embeddings if self.keys is None else self.keys
-        with torch.no_grad():
+        # outside autocast: bf16 similarities near 1 differ by less than their rounding, so the ranking would not be
+        with torch.no_grad(), torch.autocast(queries.device.type, enabled=False):
             index = (queries.detach().to(keys.dtype) @ keys.T).argmax(dim=1)
             return self.embeddings[index]
 
