@@ -28,6 +28,7 @@ from deepclust.losses import (
 from deepclust.methods import METHODS, method_class
 from deepclust.methods.base import Method, TrainingProgress
 from deepclust.models.ema import cosine_momentum
+from deepclust.models.support_set import pixel_keys
 
 IMAGE_SHAPE = (1, 8, 8)
 K = 4
@@ -439,9 +440,27 @@ def test_cc_neighbour_queue_uses_nt_xent_until_full_then_nnclr_against_the_suppo
     assert restored.support_set.full and torch.equal(restored.support_set.embeddings, z_a)
 
 
+def test_cc_pixel_neighbours_compare_images_pooled_to_the_key_side() -> None:
+    method = make_method(
+        "cc",
+        f"params.neighbour_queue={BATCH}",
+        "params.neighbour_space=pixels",
+        "params.neighbour_key_side=2",
+    ).train()
+    batch = images()
+    method(batch)
+    channels = batch.shape[1]
+    torch.testing.assert_close(method.support_set.keys, pixel_keys(batch, side=2))
+    assert method.support_set.keys.shape[1] == channels * 2 * 2
+
+
 @pytest.mark.parametrize(
     "override,message",
-    [("params.neighbour_space=labels", "neighbour_space"), ("params.neighbour_queue=-1", "neighbour_queue")],
+    [
+        ("params.neighbour_space=labels", "neighbour_space"),
+        ("params.neighbour_queue=-1", "neighbour_queue"),
+        ("params.neighbour_key_side=0", "neighbour_key_side"),
+    ],
 )
 def test_cc_rejects_bad_neighbour_settings(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

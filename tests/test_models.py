@@ -305,3 +305,10 @@ def test_pixel_keys_are_centred_unit_vectors_blind_to_brightness_and_pooled_when
     large = torch.randint(0, 256, (2, 3, 96, 64), dtype=torch.uint8, generator=generator)
     assert pixel_keys(large).shape == (2, 3 * 32 * 32) == (2, pixel_key_size((3, 96, 64)))
     assert pixel_key_size((1, 28, 28)) == 784
+    # a smaller side: the key of the 2×2 average-pooled image
+    torch.testing.assert_close(
+        pixel_keys(images, side=14), pixel_keys(torch.nn.functional.avg_pool2d(images.float(), 2))
+    )
+    assert pixel_key_size((1, 28, 28), side=14) == 196
+    with pytest.raises(ValueError, match="at least one pixel"):
+        pixel_keys(images, side=0)

@@ -33,7 +33,7 @@ from deepclust.methods.common import (
     update_running_losses,
 )
 from deepclust.models import ClusterHead, mlp, stacked_cluster_probs
-from deepclust.models.support_set import SupportSet, pixel_key_size, pixel_keys
+from deepclust.models.support_set import PIXEL_KEY_SIDE, SupportSet, pixel_key_size, pixel_keys
 
 #: what a support-set neighbour is searched by: the instance embedding (NNCLR) or the image's pixels
 NEIGHBOUR_SPACES = ("embedding", "pixels")
@@ -65,6 +65,8 @@ class CCConfig:
             embedding, as NNCLR does) or "pixels" (the un-augmented image's centred pixels; the same neighbour
             for both views). Pixel neighbours suit centred, aligned images on a plain background such as
             Fashion-MNIST, not natural images.
+        neighbour_key_side: with pixel neighbours, images with a larger side are average-pooled to this side
+            before their pixels are compared (a smaller key is quicker to search).
     """
 
     instance_dim: int = 128
@@ -77,6 +79,7 @@ class CCConfig:
     head_loss_momentum: float = 0.99
     neighbour_queue: int = 0
     neighbour_space: str = "embedding"
+    neighbour_key_side: int = PIXEL_KEY_SIDE
 
 
 class ContrastiveClustering(BackboneMethod):
@@ -105,7 +108,7 @@ class ContrastiveClustering(BackboneMethod):
             p,
             "params.",
             positive=("instance_temperature", "cluster_temperature"),
-            at_least_one=("instance_dim", "hidden_dim"),
+            at_least_one=("instance_dim", "hidden_dim", "neighbour_key_side"),
             non_negative=("entropy_weight", "neighbour_queue"),
         )
         head_losses = running_head_losses(p.num_heads, p.head_loss_momentum)
@@ -121,7 +124,9 @@ class ContrastiveClustering(BackboneMethod):
             self.register_buffer("head_losses", head_losses)
         self.support_set: SupportSet | None = None
         if p.neighbour_queue > 0:
-            key_dim = pixel_key_size(image_shape) if p.neighbour_space == "pixels" else None
+            key_dim = (
+                pixel_key_size(image_shape, p.neighbour_key_side) if p.neighbour_space == "pixels" else None
+            )
             self.support_set = SupportSet(p.neighbour_queue, p.instance_dim, key_dim)
 
     @property
@@ -146,7 +151,7 @@ class ContrastiveClustering(BackboneMethod):
         support = self.support_set
         if support is None:
             return nt_xent(z_a, z_b, p.instance_temperature, gather=self.gather)
-        keys = pixel_keys(images) if support.keys is not None else None
+        keys = pixel_keys(images, self.params.neighbour_key_side) if support.keys is not None else None
         if support.full:
             if keys is None:  # in embedding space each view finds its own neighbour
                 neighbour_a, neighbour_b = support.nearest(z_a), support.nearest(z_b)

@@ -10,28 +10,30 @@ from torch import Tensor, nn
 
 from deepclust.distributed import all_gather_with_grad
 
-#: images larger than this (per side) are average-pooled to it before they become pixel keys
+#: by default, images larger than this (per side) are average-pooled to it before they become pixel keys
 PIXEL_KEY_SIDE = 32
 
 
-def pixel_keys(images: Tensor) -> Tensor:
+def pixel_keys(images: Tensor, side: int = PIXEL_KEY_SIDE) -> Tensor:
     """Unit-length, mean-centred pixel vectors of a uint8 (or float) ``N×C×H×W`` batch, float32, ``N×(C·h·w)``.
 
     Their dot products are the images' pixel correlations, so a neighbour is an image of the same shape and
-    layout whatever its overall brightness. Sides above :data:`PIXEL_KEY_SIDE` are average-pooled down to it, so
-    that a support set of large images stays small (a 224 px RGB key would be 150,528 numbers, 32 px 3,072).
+    layout whatever its overall brightness. Sides above ``side`` are average-pooled down to it, so that a support
+    set of large images stays small and quick to search (a 224 px RGB key would be 150,528 numbers, 32 px 3,072).
     """
+    if side < 1:
+        raise ValueError(f"a pixel key has sides of at least one pixel, got {side}")
     x = images.float()
-    if max(x.shape[-2:]) > PIXEL_KEY_SIDE:
-        x = F.adaptive_avg_pool2d(x, (min(x.shape[-2], PIXEL_KEY_SIDE), min(x.shape[-1], PIXEL_KEY_SIDE)))
+    if max(x.shape[-2:]) > side:
+        x = F.adaptive_avg_pool2d(x, (min(x.shape[-2], side), min(x.shape[-1], side)))
     x = x.flatten(1)
     return F.normalize(x - x.mean(dim=1, keepdim=True), dim=1)
 
 
-def pixel_key_size(image_shape: tuple[int, int, int]) -> int:
+def pixel_key_size(image_shape: tuple[int, int, int], side: int = PIXEL_KEY_SIDE) -> int:
     """Length of the :func:`pixel_keys` of ``C×H×W`` images."""
     channels, height, width = image_shape
-    return channels * min(height, PIXEL_KEY_SIDE) * min(width, PIXEL_KEY_SIDE)
+    return channels * min(height, side) * min(width, side)
 
 
 class SupportSet(nn.Module):
