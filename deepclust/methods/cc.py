@@ -151,7 +151,7 @@ class ContrastiveClustering(BackboneMethod):
         support = self.support_set
         if support is None:
             return nt_xent(z_a, z_b, p.instance_temperature, gather=self.gather)
-        keys = pixel_keys(images, self.params.neighbour_key_side) if support.keys is not None else None
+        keys = pixel_keys(images, p.neighbour_key_side) if support.keys is not None else None
         if support.full:
             if keys is None:  # in embedding space each view finds its own neighbour
                 neighbour_a, neighbour_b = support.nearest(z_a), support.nearest(z_b)
