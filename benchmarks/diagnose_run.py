@@ -12,7 +12,7 @@ On the features and soft assignments of the run's last checkpoint (evaluation vi
   probability), and the share of them that carry the label Hungarian matching gives their cluster. This is the
   purity a self-labelling stage would start from.
 * **neighbour vote**: every image takes the cluster of the largest mean head probability among its k cosine
-  nearest neighbours (the ``neighbour_vote`` read-out, ``train.neighbour_vote=k``). With ``--pixels`` also with
+  nearest neighbours (the ``neighbour_vote`` read-out, ``readout.neighbour_vote=k``). With ``--pixels`` also with
   the neighbours in the centred raw pixels, and in both spaces joined (unit-length features and pixels side by
   side).
 * **flip test-time augmentation**: the head on the mirrored images, and on the mean of the two probabilities.
@@ -45,13 +45,13 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from deepclust.data import load_dataset
-from deepclust.engine.run_dir import RunDir
+from deepclust.engine.kmeans_baseline import pixel_features
 from deepclust.errors import UserError
 from deepclust.evaluation import evaluate_clustering, hungarian_match, kmeans
 from deepclust.evaluation.kmeans import faiss_available
 from deepclust.evaluation.neighbours import neighbour_vote
-from deepclust.methods.kmeans import pixel_features
-from deepclust.methods.pretrained import load_pretrained_method
+from deepclust.runs.pretrained import load_run_method
+from deepclust.runs.run_dir import RunDir
 
 
 def linear_probe(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
@@ -103,7 +103,7 @@ def main() -> None:
     if dataset.labels is None:
         raise UserError(f"{cfg.data.name} has no labels to diagnose against")
     labels = dataset.labels
-    method = load_pretrained_method(str(args.run), cfg.data, dataset.image_shape, None)
+    method = load_run_method(str(args.run), dataset.image_shape, setting=str(args.run), data=cfg.data)
     started = time.perf_counter()
     outputs = extract_as_evaluated(args.run, method, dataset)
     features = outputs["features"]
@@ -132,15 +132,15 @@ def main() -> None:
             result["kmeans"][name] = {"inertia": found.inertia, **evaluate_clustering(labels, found.labels)}
             print(f"k-means ({name}):", {k: round(v, 4) for k, v in result["kmeans"][name].items()})
 
-    if "probs" in outputs:
-        probs = outputs["probs"]
+    if "head" in outputs:
+        probs = outputs["head"]
         head = probs.argmax(1)
         result["head"] = evaluate_clustering(labels, head)
         result["confident_core"] = confident_core(probs, labels, args.fractions)
         print("head:", {k: round(v, 4) for k, v in result["head"].items()})
         print("confident core purity (fraction of each cluster: purity):", result["confident_core"])
         mirrored = dataclasses.replace(dataset, images=np.ascontiguousarray(dataset.images[..., ::-1]))
-        mirrored_probs = extract_as_evaluated(args.run, method, mirrored)["probs"]
+        mirrored_probs = extract_as_evaluated(args.run, method, mirrored)["head"]
         result["flip"] = {
             "mirrored": evaluate_clustering(labels, mirrored_probs.argmax(1)),
             "mean": evaluate_clustering(labels, (probs + mirrored_probs).argmax(1)),
@@ -160,7 +160,7 @@ def main() -> None:
                 print(f"vote of {k} neighbours in {space}:", {m: round(v, 4) for m, v in scores.items()})
         heads = getattr(method, "cluster_heads", [])
         if len(heads) > 1:
-            inputs, running = torch.from_numpy(features), method.head_losses.tolist()
+            inputs, running = torch.from_numpy(features), heads.running_losses.tolist()
             # under the run's precision, as its read-out head was evaluated (near-ties in an early head's
             # probabilities otherwise fall the other way)
             autocast = cpu_autocast(args.run) or contextlib.nullcontext
@@ -169,7 +169,7 @@ def main() -> None:
                 # argmax of logits (SCAN) or of probabilities (CC): the same clusters
                 with torch.no_grad(), autocast():
                     scores = evaluate_clustering(labels, cluster_head(inputs).float().argmax(1).numpy())
-                chosen = index == method.best_head
+                chosen = index == heads.best
                 result["heads"].append({"running_loss": running[index], "read_out": chosen, **scores})
                 print(
                     f"head {index}{' (read out)' if chosen else ''}: running loss {running[index]:.4f},",

@@ -33,11 +33,11 @@ import torch
 from reread_run import cpu_autocast, extract_as_evaluated, load_labelled_run
 
 from deepclust.config import build_config
-from deepclust.engine.run_dir import RunDir
 from deepclust.errors import UserError
 from deepclust.evaluation import evaluate_clustering, purity
 from deepclust.losses import cc_entropy_term, cluster_contrastive_loss
 from deepclust.models import ClusterHead
+from deepclust.runs.run_dir import RunDir
 
 BATCH = 256
 
@@ -145,7 +145,7 @@ def main() -> None:
     for k in args.clusters or [method.num_clusters]:
         print(f"{args.heads} new heads with {k} clusters:", flush=True)
         histories[str(k)] = train_heads(stored, clean, dataset.labels, k, cfg.params, args, started)
-    run_head = scores(torch.from_numpy(outputs["probs"]), dataset.labels)
+    run_head = scores(torch.from_numpy(outputs["head"]), dataset.labels)
     print(f"the run's own head: ACC {run_head['acc']:.4f} NMI {run_head['nmi']:.4f}")
     out = args.out or args.run / "fresh_heads.json"
     record = {

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from deepclust.data import load_dataset
+from deepclust.engine.kmeans_baseline import pixel_features
 from deepclust.evaluation import evaluate_clustering, kmeans
-from deepclust.methods.kmeans import pixel_features
 
 
 def main() -> None:

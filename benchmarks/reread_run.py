@@ -7,7 +7,7 @@
 For every run it rebuilds the method from ``config.yaml`` and ``checkpoints/last.pt``, extracts the features and
 probabilities of the whole dataset as the trainer's evaluation does (under the precision its log recorded: bf16
 autocast on a CPU with bf16 instructions), and computes the read-outs with the run's own ``kmeans`` settings and
-seed, plus ``--neighbour-vote K`` and ``--balanced`` (``train.neighbour_vote`` and ``train.balanced_readout``).
+seed, plus ``--neighbour-vote K`` and ``--balanced`` (``readout.neighbour_vote`` and ``readout.balanced``).
 The read-outs the run already had come out as in its ``metrics.json``, which checks the re-read. ``--purity K
 ...`` also runs k-means with K clusters on the same features (the run's ``kmeans`` settings and seed) and reports
 each partition's purity, which bounds the ACC of any merge of its clusters: how fine a partition of these
@@ -35,12 +35,12 @@ from seed_spread import METRICS, spread
 
 from deepclust.config import build_config
 from deepclust.data import ArrayDataset, load_dataset
-from deepclust.engine.run_dir import RunDir
 from deepclust.errors import UserError
 from deepclust.evaluation import kmeans, purity
-from deepclust.evaluation.readout import compute_readouts, extract, precision_autocast
+from deepclust.evaluation.readout import ReadoutConfig, compute_readouts, extract, precision_autocast
 from deepclust.methods.base import Method
-from deepclust.methods.pretrained import load_pretrained_method
+from deepclust.runs.pretrained import load_run_method
+from deepclust.runs.run_dir import RunDir
 
 
 def load_labelled_run(run_path: Path) -> tuple[DictConfig, ArrayDataset, Method]:
@@ -51,7 +51,7 @@ def load_labelled_run(run_path: Path) -> tuple[DictConfig, ArrayDataset, Method]
     dataset = load_dataset(data.name, data.split, data.root, image_size=data.image_size)
     if dataset.labels is None:
         raise UserError(f"{run_path}: {data.name} ({data.split}) has no labels to score against")
-    method = load_pretrained_method(str(run_path), data, dataset.image_shape, None, setting=str(run_path))
+    method = load_run_method(str(run_path), dataset.image_shape, setting=str(run_path), data=data)
     return cfg, dataset, method
 
 
@@ -79,8 +79,9 @@ def reread(
         method.num_clusters,
         cfg.kmeans,
         cfg.seed,
-        neighbour_vote_k=neighbour_vote_k,
-        balanced=balanced,
+        options=ReadoutConfig(neighbour_vote=neighbour_vote_k, balanced=balanced),
+        dataset_readouts=method.dataset_readouts(outputs),
+        primary=method.primary_readout,
     )
     km = cfg.kmeans
     purities = {}
@@ -103,8 +104,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("runs", nargs="+", type=Path, help="finished run directories")
-    parser.add_argument("--neighbour-vote", type=int, default=0, metavar="K", help="as train.neighbour_vote")
-    parser.add_argument("--balanced", action="store_true", help="as train.balanced_readout=true")
+    parser.add_argument(
+        "--neighbour-vote", type=int, default=0, metavar="K", help="as readout.neighbour_vote"
+    )
+    parser.add_argument("--balanced", action="store_true", help="as readout.balanced=true")
     parser.add_argument(
         "--purity", type=int, nargs="+", default=[], metavar="K", help="purity of k-means with K clusters"
     )

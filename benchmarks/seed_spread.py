@@ -17,8 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from deepclust.engine.run_dir import RunDir
 from deepclust.errors import UserError
+from deepclust.runs.run_dir import RunDir
 
 METRICS = ("acc", "nmi", "ari")
 

@@ -42,11 +42,11 @@ import numpy as np
 import torch
 
 from deepclust.config import build_config
-from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import Trainer
 from deepclust.errors import UserError
 from deepclust.host import tune_allocator
 from deepclust.methods import method_class
+from deepclust.runs.run_dir import RunDir
 
 
 def minor_page_faults() -> int:
@@ -135,14 +135,14 @@ def time_method(
         setup_s = time.perf_counter() - started
         target = trainer.fabric.device
         sync = (lambda: torch.cuda.synchronize(target)) if target.type == "cuda" else (lambda: None)
-        batches = itertools.chain.from_iterable(trainer.batches.epoch(e) for e in itertools.count())
+        # the loop's own batches: companions, the extra split and the copy to the device included
+        batches = itertools.chain.from_iterable(trainer._epoch_batches(e, 0) for e in itertools.count())
 
         def run_steps(n: int) -> float:
             sync()
             t0 = time.perf_counter()
             for _ in range(n):
-                images, companions, indices = next(batches)
-                trainer._step(images, companions, indices)
+                trainer._step(next(batches))
             sync()
             return time.perf_counter() - t0
 
@@ -162,7 +162,7 @@ def time_method(
         "method": method,
         "dataset": dataset,
         "device": device_name(target),
-        "precision": trainer.fabric._precision.precision,
+        "precision": trainer.precision,
         "compile": bool(cfg.train.compile),
         "channels_last": bool(cfg.train.channels_last),
         "backbone": cfg.model.backbone,

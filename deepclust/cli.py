@@ -28,7 +28,7 @@ from deepclust.host import tune_allocator
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-    from deepclust.engine.run_dir import RunDir
+    from deepclust.runs.run_dir import RunDir
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
@@ -194,7 +194,7 @@ def _check_data_root(data_root: str | None) -> None:
 def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
     """(config, run directory, resume?) from the command line."""
     from deepclust.config import build_config, file_choices, load_yaml
-    from deepclust.engine.run_dir import CONFIG, RunDir
+    from deepclust.runs.run_dir import CONFIG, RunDir
 
     _check_data_root(args.data_root)
     flags = {
@@ -256,7 +256,7 @@ def _resolve_train_config(args: argparse.Namespace) -> tuple[Any, Path, bool]:
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
-    from deepclust.engine.run_dir import RunDir
+    from deepclust.runs.run_dir import RunDir
 
     cfg, out, resume = _resolve_train_config(args)
     # the outermost folder this call creates (runs/ itself on a first run), removed again if the run never starts
@@ -279,7 +279,7 @@ def _train_in(run: RunDir, cfg: DictConfig, resume: bool, console: Console) -> i
     if not method_class(cfg.method).trainable:
         if resume:
             raise UserError(f"method {cfg.method!r} is not trained, so there is nothing to resume")
-        from deepclust.methods.kmeans import run_kmeans
+        from deepclust.engine.kmeans_baseline import run_kmeans
 
         metrics = run_kmeans(cfg, run, console)
     else:
@@ -311,8 +311,8 @@ def _train_in(run: RunDir, cfg: DictConfig, resume: bool, console: Console) -> i
 
 
 def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
-    from deepclust.engine.run_dir import RunDir
     from deepclust.evaluation import evaluate_clustering
+    from deepclust.runs.run_dir import RunDir
 
     run = RunDir.open_existing(args.run_dir)
     clusters, labels, primary = run.read_assignments()

@@ -15,9 +15,6 @@ Every section is an OmegaConf structured config, so an unknown key or a value of
 
 from __future__ import annotations
 
-import functools
-import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +26,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from deepclust.data.augment import AugmentConfig
 from deepclust.errors import ConfigError
+from deepclust.evaluation.readout import ReadoutConfig
+from deepclust.methods import method_class
 from deepclust.models import ModelConfig
+from deepclust.validation import check_choice, check_ranges
 
 # shipped inside the package so that a wheel install finds them too; the repository's configs/ links here
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -108,13 +108,6 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     collapse_warning_fraction: float = 0.5  # warn when one cluster takes more than this share of the samples
-    # > 0: evaluations also report read-out `neighbour_vote`, the cluster head smoothed over every sample's
-    # this many nearest neighbours in feature space (methods with a cluster head; 0 = off)
-    neighbour_vote: int = 0
-    # true: evaluations also report read-out `head_balanced` (and `neighbour_vote_balanced` with the vote): the
-    # head's probabilities rescaled so that every cluster holds 1/K of the samples, for about equally frequent
-    # classes (methods with a cluster head)
-    balanced_readout: bool = False
 
 
 @dataclass
@@ -132,6 +125,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
+    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
     params: Any = field(default_factory=dict)  # the method's own hyper-parameters (its Config dataclass)
 
 
@@ -172,7 +166,7 @@ def _first_line(err: OmegaConfBaseException) -> str:
 def _section_example(section: DictConfig, name: str) -> str:
     """``name.first_key`` of a section of settings, to show how its keys are written."""
     first = next(iter(section.keys()), None)
-    return f"{name}.{first}" if first is not None else name
+    return f"{name}.{first!s}" if first is not None else name
 
 
 def _check_sections(base: DictConfig, update: Mapping[str, Any], origin: str, prefix: str = "") -> None:
@@ -227,22 +221,6 @@ def load_yaml(path: str | Path) -> DictConfig:
     return loaded
 
 
-# Keys that earlier versions wrote into run directories' config.yaml and that no longer exist: dropped with a
-# warning when a file is read, so that those runs can still be resumed and re-clustered.
-RETIRED_KEYS: dict[str, str] = {
-    "train.num_workers": "batches come from one background thread, so it never had an effect",
-}
-
-
-def _drop_retired_keys(file_cfg: DictConfig, origin: str | Path) -> None:
-    for key, why in RETIRED_KEYS.items():
-        section, name = key.rsplit(".", 1)
-        parent = OmegaConf.select(file_cfg, section)
-        if isinstance(parent, DictConfig) and name in parent:
-            del parent[name]
-            warnings.warn(f"{origin}: {key} is no longer a setting and is ignored ({why})", stacklevel=3)
-
-
 def default_config_file(method: str, dataset: str) -> Path | None:
     """The shipped ``configs/<method>/<dataset>.yaml``, if there is one."""
     candidate = CONFIG_DIR / method / f"{dataset}.yaml"
@@ -253,18 +231,22 @@ def build_config(
     *,
     method: str | None = None,
     dataset: str | None = None,
-    config_file: str | Path | None = None,
+    config_file: str | Path | DictConfig | None = None,
     flags: Mapping[str, Any] | None = None,
     overrides: Sequence[str] = (),
+    origin: str | None = None,
 ) -> DictConfig:
     """Resolve the full configuration of a run (see the module docstring for the merge order).
 
-    ``flags`` maps dotted keys (``"seed"``, ``"data.root"``, ``"train.time_budget_minutes"``) to the values of
-    explicit command-line options; ``None`` values are ignored.
+    ``config_file`` is a YAML file or its contents (then ``origin`` names them in errors). ``flags`` maps dotted
+    keys (``"seed"``, ``"data.root"``, ``"train.time_budget_minutes"``) to the values of explicit command-line
+    options; ``None`` values are ignored.
     """
-    from deepclust.methods import method_class  # local: methods import this module
-
-    file_cfg = load_yaml(config_file) if config_file is not None else None
+    if isinstance(config_file, DictConfig):
+        file_cfg: DictConfig | None = config_file
+        config_file = origin or "the configuration"
+    else:
+        file_cfg = load_yaml(config_file) if config_file is not None else None
     file_method, file_dataset = file_choices(file_cfg, config_file) if file_cfg is not None else (None, None)
     if method is not None and file_method is not None and method != file_method:
         # its params section and settings are another method's: merged silently, they would half apply
@@ -284,7 +266,6 @@ def build_config(
             file_cfg = load_yaml(shipped)
             config_file = shipped
     if file_cfg is not None:
-        _drop_retired_keys(file_cfg, config_file)
         cfg = _merge(cfg, file_cfg, str(config_file))
     explicit: dict[str, Any] = {"method": method, "data.name": dataset}
     explicit.update({k: v for k, v in (flags or {}).items() if v is not None})
@@ -352,37 +333,6 @@ def _set(cfg: DictConfig, key: str, value: Any, origin: str) -> None:
         raise ConfigError(f"{origin}: {_first_line(err)}") from None
 
 
-def check_ranges(
-    section: Any,
-    prefix: str = "",
-    *,
-    positive: Sequence[str] = (),
-    at_least_one: Sequence[str] = (),
-    non_negative: Sequence[str] = (),
-    fraction: Sequence[str] = (),
-) -> None:
-    """A :class:`ConfigError` naming the first key of ``section`` (a config tree or a method's ``params``
-    dataclass; dotted keys, shown with ``prefix``) whose value is out of its range: ``positive`` (> 0: rates,
-    temperatures), ``at_least_one`` (sizes, counts, intervals), ``non_negative`` (weights, delays) or
-    ``fraction`` ([0, 1]: momentums). ``None``, where a key allows it, means "the default" and passes. Methods
-    check their ``params`` with it (``prefix="params."``)."""
-    rules = (
-        (positive, lambda v: v > 0, "must be positive"),
-        (at_least_one, lambda v: v >= 1, "must be at least 1"),
-        (non_negative, lambda v: v >= 0, "must not be negative"),
-        (fraction, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-    )
-    for keys, in_range, requirement in rules:
-        for key in keys:
-            value = functools.reduce(getattr, key.split("."), section)
-            if value is None:
-                continue
-            if isinstance(value, float) and math.isinf(value):  # inf > 0 holds, but one step at lr=inf is NaN
-                raise ConfigError(f"{prefix}{key} must be finite, got {value}")
-            if not in_range(value):
-                raise ConfigError(f"{prefix}{key} {requirement}, got {value}")
-
-
 # faiss's k-means takes a C int seed; numpy and torch take more, so this is the tightest bound.
 MAX_SEED = 2**31 - 1
 
@@ -426,15 +376,13 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "optim.schedule_over=time schedules over the time budget: set --time-budget MINUTES"
         )
-    if cfg.train.neighbour_vote < 0:
+    if cfg.readout.neighbour_vote < 0:
         raise ConfigError(
-            f"train.neighbour_vote must be 0 (off) or a number of neighbours, got {cfg.train.neighbour_vote}"
+            f"readout.neighbour_vote must be 0 (off) or a number of neighbours, got {cfg.readout.neighbour_vote}"
         )
     extra = cfg.data.extra_split
     if extra is not None:
-        from deepclust.methods import method_class  # local: methods import this module
-
-        if not method_class(cfg.method).supports_instance_only:
+        if not method_class(cfg.method).uses_extra_split:
             raise ConfigError(
                 f"data.extra_split: {cfg.method} has no instance-level losses of its own to train on another "
                 "split (cc has)"
@@ -451,9 +399,7 @@ def _validate(cfg: DictConfig) -> None:
         "kmeans.backend": ("auto", "faiss", "sklearn"),
     }
     for key, allowed in choices.items():
-        value = str(OmegaConf.select(cfg, key))
-        if value not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+        check_choice(key, OmegaConf.select(cfg, key), allowed)
 
 
 def to_yaml(cfg: DictConfig) -> str:

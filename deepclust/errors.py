@@ -15,3 +15,10 @@ class DatasetNotFoundError(UserError):
 
 class ConfigError(UserError):
     """An unknown configuration key, a value of the wrong type, or an inconsistent combination."""
+
+
+def first_mismatch(err: Exception) -> str:
+    """The first specific line of a ``load_state_dict`` error (the first line only says that loading failed)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    line = lines[1] if len(lines) > 1 else lines[0] if lines else "unknown error"
+    return line if len(line) <= 160 else line[:157] + "..."  # a list of missing keys can run to pages

@@ -3,19 +3,17 @@
 A CPU training step frees its activations and allocates them again at the next step. With glibc's default
 settings the heap keeps growing into fresh pages while the freed blocks wait to be merged, and the top of the
 heap goes back to the kernel (trimming), so a step touches thousands of pages for the first time: one page fault
-each. On the dev CPU (AVX2) a fault costs about 3 µs, and a CC step on Fashion-MNIST took 2,000 to 26,000 of
-them. ``tune_allocator`` keeps freed memory in the process (``M_TRIM_THRESHOLD`` at its largest value, 2 GiB)
+each. ``tune_allocator`` keeps freed memory in the process (``M_TRIM_THRESHOLD`` at its largest value, 2 GiB)
 and serves blocks up to 32 MiB, the largest threshold glibc accepts, from the heap (``M_MMAP_THRESHOLD``), so
 that after the first steps a step reuses its pages. The price is a resident size that stays at the largest
-step's. Transparent huge pages for PyTorch's tensors (``THP_MEM_ALLOC_ENABLE=1``) were measured too: alone they
-left an allocation cycle 2.3–3.7 times slower than these settings, and with them as slow as glibc's defaults.
+step's.
 
 Only the command's entry point (``deepclust.cli.main``) does this, never ``import deepclust``: a library must not
 change the allocator of the program that imports it. Settings the user made in the environment win, each on its
 own (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, or ``glibc.malloc.trim_threshold`` and
 ``glibc.malloc.mmap_threshold`` in ``GLIBC_TUNABLES``), and ``DEEPCLUST_TUNE_MALLOC=0`` turns it off. The run's
-log names what was applied (``host_allocator`` in its ``start`` event). The measurements are in
-benchmarks/RESULTS.md ("Page faults on the CPU").
+log names what was applied (``host_allocator`` in its ``start`` event). The measurements, and transparent huge
+pages, which did not help: benchmarks/notes/2026-12-03-page-faults.md.
 """
 
 from __future__ import annotations

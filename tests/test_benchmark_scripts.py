@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 
 from deepclust.config import build_config
 from deepclust.data import load_dataset
-from deepclust.engine.checkpoint import load_checkpoint
-from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import train
+from deepclust.runs.checkpoint import load_checkpoint
+from deepclust.runs.run_dir import RunDir
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -108,7 +108,7 @@ def test_diagnose_run_reports_every_cluster_head_and_the_one_read_out(tmp_path: 
     result = _script("diagnose_run.py", run.path, "--neighbours", "5", "--out", out)
     assert result.returncode == 0, result.stderr
     diagnosis = json.loads(out.read_text())
-    running = load_checkpoint(run.checkpoint_dir / "last.pt")["method"]["head_losses"].tolist()
+    running = load_checkpoint(run.last_checkpoint)["method"]["cluster_heads.running_losses"].tolist()
     assert [head["running_loss"] for head in diagnosis["heads"]] == running
     chosen = [index for index, head in enumerate(diagnosis["heads"]) if head["read_out"]]
     assert chosen == [min(range(3), key=running.__getitem__)]

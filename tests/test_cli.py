@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from deepclust.cli import main
-from deepclust.engine.run_dir import RunDir
 from deepclust.evaluation import evaluate_clustering
+from deepclust.runs.run_dir import RunDir
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -220,7 +220,7 @@ def test_a_directory_given_as_config_file_is_named_as_one(
 def test_an_unexpected_crash_before_the_first_checkpoint_leaves_no_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import deepclust.methods.kmeans as kmeans_module
+    import deepclust.engine.kmeans_baseline as kmeans_module
 
     def crash(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("a bug")
@@ -258,20 +258,6 @@ def test_config_file_and_overrides_are_merged(tmp_path: Path) -> None:
         3,
     )
     assert saved.data.name == "digits"
-
-
-def test_a_retired_key_in_an_old_run_config_is_ignored_with_a_warning(tmp_path: Path) -> None:
-    """Run directories written before train.num_workers was removed still load (resume, kmeans.features)."""
-    from deepclust.config import build_config
-    from deepclust.errors import ConfigError
-
-    old = tmp_path / "config.yaml"
-    old.write_text("method: kmeans\ndata:\n  name: digits\ntrain:\n  num_workers: 0\n  epochs: 7\n")
-    with pytest.warns(UserWarning, match="train.num_workers is no longer a setting"):
-        cfg = build_config(config_file=old)
-    assert "num_workers" not in cfg.train and cfg.train.epochs == 7
-    with pytest.raises(ConfigError, match=r"unknown configuration key 'train\.num_workers'"):
-        build_config(method="kmeans", dataset="digits", overrides=["train.num_workers=2"])
 
 
 def test_overrides_may_come_anywhere_among_the_options(
@@ -411,7 +397,7 @@ def test_kmeans_on_the_features_of_a_trained_run(tmp_path: Path, capsys: pytest.
     from deepclust.data import load_dataset
     from deepclust.evaluation import kmeans
     from deepclust.evaluation.readout import extract
-    from deepclust.methods.pretrained import load_pretrained_method
+    from deepclust.runs.pretrained import load_run_method
 
     cc = tmp_path / "cc"
     tiny = [
@@ -432,7 +418,7 @@ def test_kmeans_on_the_features_of_a_trained_run(tmp_path: Path, capsys: pytest.
     clusters, _, primary = RunDir(out).read_assignments()
     # the same clustering as k-means on the run's evaluation features, L2-normalised
     dataset = load_dataset("digits")
-    method = load_pretrained_method(str(cc), RunDir(cc).load_config().data, dataset.image_shape, None)
+    method = load_run_method(str(cc), dataset.image_shape, setting="test", data=RunDir(cc).load_config().data)
     # in the memory format it was trained in (train.channels_last): under bf16 the features depend on it
     convs = [module for module in method.modules() if isinstance(module, torch.nn.Conv2d)]
     assert not convs[-1].weight.is_contiguous()  # more than one input channel: the two formats differ

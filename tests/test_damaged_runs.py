@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from deepclust.cli import main
-from deepclust.config import build_config
-from deepclust.engine.run_dir import RunDir
+from deepclust.config import build_config, to_yaml
+from deepclust.runs.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +96,14 @@ def test_a_log_cut_short_by_a_kill_still_reads(tmp_path: Path) -> None:
     assert run.precision() == "bf16-mixed"  # the resume's start event was not glued to the broken line
 
 
-def test_kmeans_features_reads_past_a_log_cut_short(
+def test_kmeans_features_refuses_weights_of_another_architecture(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The log is read (for the run's K) before the checkpoint: with its last line cut short, loading gets as
-    far as the checkpoint, here one of another architecture."""
-    source = fake_cc_run(tmp_path / "cc", {"method": {"backbone.nothing": torch.zeros(1)}})
+    """The checkpoint's configuration and K rebuild the method; weights that do not fit it are named in one
+    line (the log, cut short here, is not read)."""
+    config = to_yaml(build_config(method="cc", dataset="digits"))
+    weights = {"backbone.nothing": torch.zeros(1)}
+    source = fake_cc_run(tmp_path / "cc", {"method": weights, "config": config, "num_clusters": 10})
     with open(source / "log.jsonl", "a") as handle:
         handle.write('{"event": "tra')
     args = ["train", "--dataset", "digits", f"kmeans.features={source}", "--out", str(tmp_path / "out")]
@@ -115,8 +117,7 @@ def test_kmeans_features_refuses_a_checkpoint_without_weights(
     source = fake_cc_run(tmp_path / "cc", checkpoint)
     args = ["train", "--dataset", "digits", f"kmeans.features={source}", "--out", str(tmp_path / "out")]
     assert one_error_line(args, capsys) == (
-        f"kmeans.features: {source}/checkpoints/last.pt does not fit its own configuration "
-        "(no model weights under 'method')"
+        f"kmeans.features: {source}/checkpoints/last.pt has no model weights (not a deepclust training checkpoint)"
     )
 
 
@@ -135,4 +136,6 @@ def test_scan_refuses_a_pretrained_checkpoint_without_weights(
     save(checkpoint)
     args = ["train", "--method", "scan", "--dataset", "digits", f"params.pretrained={checkpoint}"]
     err = one_error_line([*args, "--out", str(tmp_path / "out")], capsys)
-    assert err == f"params.pretrained: {checkpoint} has no backbone weights"
+    assert (
+        err == f"params.pretrained: {checkpoint} has no model weights (not a deepclust training checkpoint)"
+    )

@@ -10,26 +10,35 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from helpers import train_interrupted
 from omegaconf import DictConfig, OmegaConf
 from test_datasets import write_stl10
 from test_host import GLIBC_64BIT, MMAP, TRIM
 
 from deepclust.config import build_config
 from deepclust.data import ArrayDataset
+from deepclust.data.batches import TrainBatches
 from deepclust.engine import trainer as trainer_module
-from deepclust.engine.checkpoint import save_checkpoint
-from deepclust.engine.data import TrainBatches
+from deepclust.engine.fabric_setup import fabric_settings
 from deepclust.engine.optim import LARS, build_optimizer, lr_at
-from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import Trainer, TrainingDiverged, train
 from deepclust.errors import ConfigError
 from deepclust.evaluation import evaluate_clustering
-from deepclust.evaluation.readout import compute_readouts, extract, feature_spread, precision_autocast
+from deepclust.evaluation.readout import (
+    ReadoutConfig,
+    compute_readouts,
+    extract,
+    feature_spread,
+    precision_autocast,
+)
+from deepclust.methods import Batch, method_class
+from deepclust.runs.run_dir import RunDir
 
 TINY = [
     "model.width=8",
@@ -50,21 +59,6 @@ def train_steps(run: RunDir) -> dict[int, float]:
     events = run.read_log()
     starts = [i for i, e in enumerate(events) if e["event"] in ("start", "resume")]
     return {e["step"]: e["loss"] for e in events[starts[-1] :] if e["event"] == "train"}
-
-
-def train_interrupted(cfg: DictConfig, run: RunDir, steps_done: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Train until ``steps_done`` steps are done, then interrupt (KeyboardInterrupt) before the next one."""
-    original_step = Trainer._step
-
-    def interrupt(self: Trainer, *batch: torch.Tensor | None, **options: bool) -> dict[str, torch.Tensor]:
-        if self.state.step == steps_done:
-            raise KeyboardInterrupt
-        return original_step(self, *batch, **options)
-
-    monkeypatch.setattr(Trainer, "_step", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, run)
-    monkeypatch.setattr(Trainer, "_step", original_step)
 
 
 def test_lr_schedule_and_lars_by_hand() -> None:
@@ -207,7 +201,7 @@ def test_precision_autocast_gives_the_context_a_run_evaluated_under(tmp_path: Pa
 
 def test_neighbour_vote_and_balanced_read_outs(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run").create()
-    cfg = tiny_config("cc", "train.max_steps=3", "train.neighbour_vote=5", "train.balanced_readout=true")
+    cfg = tiny_config("cc", "train.max_steps=3", "readout.neighbour_vote=5", "readout.balanced=true")
     metrics = train(cfg, run)
     balanced = {"head_balanced", "neighbour_vote_balanced"}
     assert set(metrics["readouts"]) == {"head", "kmeans", "neighbour_vote", *balanced}
@@ -216,19 +210,19 @@ def test_neighbour_vote_and_balanced_read_outs(tmp_path: Path) -> None:
     assert labels is not None
     for name in ["neighbour_vote", *balanced]:
         assert len(clusters[name]) == len(labels)
-    with pytest.warns(UserWarning, match="no cluster head") as warned:
+    with pytest.warns(UserWarning, match="no soft cluster assignments") as warned:
         metrics = train(
-            tiny_config("byol", "train.max_steps=1", "train.neighbour_vote=5", "train.balanced_readout=true"),
+            tiny_config("byol", "train.max_steps=1", "readout.neighbour_vote=5", "readout.balanced=true"),
             RunDir(tmp_path / "b").create(),
         )
-    assert {"neighbour_vote", "balanced_readout"} <= {
-        str(w.message).split(":")[0].removeprefix("train.") for w in warned
+    assert {"neighbour_vote", "balanced"} <= {
+        str(w.message).split(":")[0].removeprefix("readout.") for w in warned
     }
     assert set(metrics["readouts"]) == {"kmeans"}
     with pytest.raises(ConfigError, match="neighbour_vote"):
-        tiny_config("cc", "train.neighbour_vote=-1")
+        tiny_config("cc", "readout.neighbour_vote=-1")
     with pytest.raises(ConfigError, match="fewer neighbours than the 1797 samples"):
-        Trainer(tiny_config("cc", "train.neighbour_vote=1797"), RunDir(tmp_path / "big").create())
+        Trainer(tiny_config("cc", "readout.neighbour_vote=1797"), RunDir(tmp_path / "big").create())
 
 
 def test_extract_reads_every_image_in_order_in_cpu_sized_batches() -> None:
@@ -264,7 +258,12 @@ def test_read_outs_by_hand() -> None:
     settings = OmegaConf.create({"n_init": 1, "max_iter": 20, "backend": "sklearn", "normalize": False})
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     result = compute_readouts(
-        {"features": features, "probs": probs}, labels, 2, settings, 0, neighbour_vote_k=3, balanced=True
+        {"features": features, "head": probs},
+        labels,
+        2,
+        settings,
+        0,
+        options=ReadoutConfig(neighbour_vote=3, balanced=True),
     )
     clusters = {name: pred.tolist() for name, pred in result.clusters.items()}
     assert clusters["head"] == [0, 0, 0, 1, 0, 0, 1, 1]
@@ -291,9 +290,6 @@ def test_resume_reproduces_the_uninterrupted_loss_trajectory(
     train_interrupted(tiny_config("byol", *settings), interrupted, 23, monkeypatch)
     checkpoint = torch.load(interrupted.last_checkpoint, weights_only=True)
     assert checkpoint["loop"]["step"] == 20
-    # as a checkpoint written before the loop recorded its steps per epoch: it resumes all the same
-    del checkpoint["loop"]["steps_per_epoch"]
-    save_checkpoint(checkpoint, interrupted.last_checkpoint)
     train(tiny_config("byol", *settings), interrupted, resume=True)
     assert torch.load(interrupted.last_checkpoint, weights_only=True)["loop"]["steps_per_epoch"] == 1797 // 64
 
@@ -361,13 +357,13 @@ def test_momentum_schedule_runs_on_the_rate_schedule_clock(tmp_path: Path) -> No
     trainer = Trainer(tiny_config("byol", *budget, "params.base_momentum=0.9"), RunDir(tmp_path).create())
     trainer.state.elapsed_s = 0.75 * 600
     images = torch.tensor(trainer.dataset.images[:64])
-    trainer._step(images)
+    trainer._step(Batch(images))
     assert trainer.method.momentum == pytest.approx(1 - 0.1 * (math.cos(math.pi * 0.75) + 1) / 2)
     over_steps = Trainer(
         tiny_config("byol", "train.max_steps=8", "params.base_momentum=0.9"), RunDir(tmp_path / "s").create()
     )
     over_steps.state.step = 2
-    over_steps._step(images)
+    over_steps._step(Batch(images))
     assert over_steps.method.momentum == pytest.approx(1 - 0.1 * (math.cos(math.pi * 2 / 8) + 1) / 2)
 
 
@@ -438,11 +434,13 @@ def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(tmp_pa
     )
     checkpoint = out / "checkpoints" / "last.pt"
     deadline = time.time() + 240
-    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
+    try:
+        while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.05)
+    finally:  # killed whatever happened: a failed wait must not leave the run going
+        process.send_signal(signal.SIGKILL)
+        process.wait()
     assert checkpoint.exists(), "no checkpoint was written"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
     saved_step = torch.load(checkpoint, weights_only=True)["loop"]["step"]
     logged_before = max(e["step"] for e in RunDir(out).read_log() if e["event"] == "train")
     # lost only the steps since the last checkpoint: at most checkpoint_every_steps, when the kill lands after
@@ -519,7 +517,7 @@ def test_ctrl_c_or_sigterm_saves_after_the_step_then_resumes(
 def test_non_finite_loss_saves_then_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = RunDir(tmp_path).create()
     cfg = tiny_config("simclr", "train.max_steps=10")
-    original_forward = trainer_module.method_class("simclr").forward
+    original_forward = method_class("simclr").forward
 
     def nan_at_step_3(self: Any, images: torch.Tensor) -> dict[str, torch.Tensor]:
         losses = original_forward(self, images)
@@ -528,8 +526,8 @@ def test_non_finite_loss_saves_then_stops(tmp_path: Path, monkeypatch: pytest.Mo
         self.calls += 1
         return losses
 
-    monkeypatch.setattr(trainer_module.method_class("simclr"), "calls", 0, raising=False)
-    monkeypatch.setattr(trainer_module.method_class("simclr"), "forward", nan_at_step_3)
+    monkeypatch.setattr(method_class("simclr"), "calls", 0, raising=False)
+    monkeypatch.setattr(method_class("simclr"), "forward", nan_at_step_3)
     with pytest.raises(TrainingDiverged, match="non-finite loss at step 3"):
         train(cfg, run)
     saved = torch.load(run.path / "checkpoints/last.pt", weights_only=True)
@@ -552,8 +550,8 @@ def test_weights_broken_before_the_loss_keep_the_last_good_checkpoint(
     good = torch.load(run.last_checkpoint, weights_only=True)
     original_step = Trainer._step
 
-    def breaking_step(self: Trainer, *batch: torch.Tensor | None, **options: bool) -> dict[str, torch.Tensor]:
-        losses = original_step(self, *batch, **options)
+    def breaking_step(self: Trainer, batch: Batch) -> dict[str, torch.Tensor]:
+        losses = original_step(self, batch)
         if self.state.step == 3:
             with torch.no_grad():
                 next(self.method.parameters()).fill_(math.inf)
@@ -569,7 +567,22 @@ def test_weights_broken_before_the_loss_keep_the_last_good_checkpoint(
     assert all(torch.equal(kept["method"][k], v) for k, v in good["method"].items())
 
 
-def test_time_budget_stops_early_then_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def tick_clock(monkeypatch: pytest.MonkeyPatch, seconds: float = 0.05) -> None:
+    """The training loop's clock advances ``seconds`` at every reading: a time budget then ends after the same
+    steps on any machine, however loaded."""
+    now = [0.0]
+
+    def perf_counter() -> float:
+        now[0] += seconds
+        return now[0]
+
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=perf_counter))
+
+
+def test_time_budget_stops_early_then_evaluates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tick_clock(monkeypatch)
     run = RunDir(tmp_path).create()
     metrics = train(tiny_config("simclr", "train.epochs=1000", "train.time_budget_minutes=0.05"), run)
     assert "time budget of 0.05 min reached" in capsys.readouterr().err
@@ -590,13 +603,17 @@ def test_time_budget_stops_early_then_evaluates(tmp_path: Path, capsys: pytest.C
 
 
 @pytest.mark.parametrize("over", ["time", "auto"])
-def test_schedule_over_the_time_budget_anneals_by_the_budget(tmp_path: Path, over: str) -> None:
+def test_schedule_over_the_time_budget_anneals_by_the_budget(
+    tmp_path: Path, over: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tick_clock(monkeypatch)
     settings = ["optim.schedule=cosine", "optim.warmup_epochs=0", "optim.lr=0.01", "train.log_every_steps=1"]
     run = RunDir(tmp_path).create()
     budgeted = ["train.epochs=1000", "train.time_budget_minutes=0.05", f"optim.schedule_over={over}"]
     train(tiny_config("simclr", *settings, *budgeted), run)
     lrs = [e["lr"] for e in run.read_log() if e["event"] == "train"]
-    # 1000 epochs would take far longer than 3 s, yet the rate falls from the start to near 0 at the budget
+    # 1000 epochs would take far longer than 3 s of the clock, yet the rate falls from the start to near 0 at the
+    # budget
     assert lrs[0] == pytest.approx(0.01) and lrs[-1] < 0.002
     assert all(later <= earlier for earlier, later in itertools.pairwise(lrs))
     with pytest.raises(ConfigError, match="--time-budget"):
@@ -607,7 +624,7 @@ def test_schedule_over_the_time_budget_anneals_by_the_budget(tmp_path: Path, ove
 
 
 def test_collapse_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cls = trainer_module.method_class("cc")
+    cls = method_class("cc")
 
     def one_cluster(self: Any, features: torch.Tensor) -> torch.Tensor:
         probs = torch.zeros(features.shape[0], self.num_clusters, device=features.device)
@@ -638,7 +655,7 @@ def test_collapse_warning_for_features_that_all_point_the_same_way(
 ) -> None:
     """Large features with a little noise (a collapsed representation at a scale where raw variance is not
     small) raise the warning too."""
-    cls = trainer_module.method_class("simclr")
+    cls = method_class("simclr")
 
     def collapsed(self: Any, images: torch.Tensor) -> dict[str, torch.Tensor]:
         noise = torch.randn(images.shape[0], 16, generator=torch.Generator().manual_seed(0))
@@ -672,7 +689,7 @@ def test_a_gpu_index_the_machine_does_not_have_is_a_user_error(monkeypatch: pyte
     def settings(device: str) -> dict[str, Any]:
         flags = {"device": device}
         cfg = build_config(method="simclr", dataset="digits", flags=flags, overrides=["train.precision=32"])
-        return trainer_module.fabric_settings(cfg)
+        return fabric_settings(cfg)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -697,6 +714,7 @@ def train_ddp_on_digits(method: str, out: Path, *settings: str) -> subprocess.Co
     return result
 
 
+@pytest.mark.timeout(1000)
 def test_ddp_on_cpu_with_two_processes_resumes_the_loss_trajectory(tmp_path: Path) -> None:
     """`train.devices=2` on CPU: Fabric launches two gloo processes; rank 0 alone writes the run directory. Every
     rank draws its own augmentations, so each must get its own random state back: 6 steps straight against 3
@@ -729,6 +747,7 @@ def test_ddp_on_cpu_with_two_processes_resumes_the_loss_trajectory(tmp_path: Pat
     assert sorted(train_steps(RunDir(straight))) == list(range(7, 51))
 
 
+@pytest.mark.timeout(400)
 def test_ddp_extra_split_leaves_the_cluster_head_unused_without_failing(tmp_path: Path) -> None:
     """Two gloo processes, global batch 8: one instance-only step on `unlabeled` (the cluster head gets no
     gradient: DDP must allow unused parameters), then one step on train+test, then the next epoch's first."""
@@ -741,3 +760,26 @@ def test_ddp_extra_split_leaves_the_cluster_head_unused_without_failing(tmp_path
     assert result.returncode == 0, result.stderr[-2000:]
     events = [e for e in RunDir(out).read_log() if e["event"] == "train"]
     assert [(e["step"], e.get("split")) for e in events] == [(1, "unlabeled"), (2, None), (3, "unlabeled")]
+
+
+def test_a_method_adds_read_outs_over_the_whole_evaluation_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Method.dataset_readouts`` sees every sample's outputs at once; its read-outs are scored, written and
+    may be the primary one."""
+    cls = method_class("simclr")
+    seen: list[int] = []
+
+    def above_median(self: Any, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        first = outputs["features"][:, 0]
+        seen.append(len(first))
+        return {"above_median": (first > np.median(first)).astype(np.int64)}
+
+    monkeypatch.setattr(cls, "dataset_readouts", above_median)
+    monkeypatch.setattr(cls, "primary_readout", "above_median")
+    run = RunDir(tmp_path).create()
+    metrics = train(tiny_config("simclr", "train.max_steps=1"), run)
+    assert seen == [1797]
+    assert metrics["primary"] == "above_median" and set(metrics["readouts"]) == {"kmeans", "above_median"}
+    clusters, _, primary = run.read_assignments()
+    assert primary == "above_median" and set(clusters["above_median"].tolist()) == {0, 1}

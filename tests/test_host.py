@@ -30,7 +30,7 @@ ALLOCATOR_VARIABLES = (
 # A child that mallocs three 24 MiB blocks at every "step", writes every page and frees them, as a CPU training
 # step does with its activations, and counts the page faults per step once the heap has settled, with or without
 # tune_allocator first. (PyTorch's own allocations, which go through posix_memalign, fault less regularly; the
-# training steps are measured in benchmarks/RESULTS.md.)
+# training steps are measured in benchmarks/notes/2026-12-03-page-faults.md.)
 ALLOCATION_CYCLES = textwrap.dedent(
     """
     import ctypes, json, resource, sys

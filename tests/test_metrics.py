@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 
 import numpy as np
 import pytest
@@ -118,10 +117,15 @@ def test_bad_input_is_a_user_error(y_true: list, y_pred: list, message: str) -> 
         evaluate_clustering(y_true, y_pred)
 
 
-def test_two_million_points_are_fast() -> None:
+def test_two_million_points_match_scikit_learn() -> None:
+    """Millions of points: ACC, NMI and ARI still equal the references (2·10¹² pairs of points, far past 2³¹, do
+    not overflow). How fast this is belongs in benchmarks/, not in a test on a loaded CI machine."""
     rng = np.random.default_rng(0)
     y_true = rng.integers(0, 10, 2_000_000)
-    y_pred = rng.integers(0, 10, 2_000_000)
-    started = time.perf_counter()
-    evaluate_clustering(y_true, y_pred)
-    assert time.perf_counter() - started < 5.0
+    # three quarters keep their class under the relabelling c -> c + 3 (mod 10), the rest are noise
+    relabelled = (y_true + 3) % 10
+    y_pred = np.where(rng.random(y_true.size) < 0.75, relabelled, rng.integers(0, 10, y_true.size))
+    metrics = evaluate_clustering(y_true, y_pred)
+    assert metrics["acc"] == pytest.approx(np.mean(y_pred == relabelled), abs=1e-12)
+    assert metrics["nmi"] == pytest.approx(normalized_mutual_info_score(y_true, y_pred), abs=1e-9)
+    assert metrics["ari"] == pytest.approx(adjusted_rand_score(y_true, y_pred), abs=1e-9)

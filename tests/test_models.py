@@ -12,12 +12,12 @@ from deepclust.models import (
     BACKBONES,
     ClusterHead,
     ModelConfig,
+    MultiHead,
     Prototypes,
     Sobel,
     build_backbone,
     mlp,
     small_cnn_strides,
-    stacked_cluster_probs,
 )
 from deepclust.models.support_set import SupportSet, pixel_key_size, pixel_keys
 
@@ -216,13 +216,13 @@ def test_cluster_head_gives_probabilities_and_logits() -> None:
     torch.testing.assert_close(probs, head.logits(h).softmax(dim=1))
 
 
-def test_stacked_cluster_probs_are_each_heads_probabilities() -> None:
+def test_multi_head_runs_its_cluster_heads_as_one_with_each_heads_probabilities() -> None:
     """One batched pass over stacked weights: each head's own probabilities and gradients, for the heads'
-    parameters and for the features; heads with BatchNorm are called one by one."""
+    parameters and for the features; heads with BatchNorm are called one by one, and one head is the plain call."""
     torch.manual_seed(0)
-    heads = [ClusterHead(12, 4, hidden_dim=6) for _ in range(3)]
+    heads = MultiHead(lambda: ClusterHead(12, 4, hidden_dim=6), 3, momentum=0.9)
     h = torch.randn(9, 12, requires_grad=True)
-    stacked, twice = stacked_cluster_probs(heads, h, h)
+    stacked, twice = heads(h, h)
     each = torch.stack([head(h) for head in heads])
     assert torch.equal(stacked, twice)  # several inputs share the stacked weights
     assert stacked.shape == (3, 9, 4) and stacked.dtype == torch.float32
@@ -233,9 +233,36 @@ def test_stacked_cluster_probs_are_each_heads_probabilities() -> None:
     expected = torch.autograd.grad((weights * each).sum(), inputs)
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want)
-    normalised = [ClusterHead(12, 4, batch_norm=True).eval() for _ in range(2)]
-    (fallback,) = stacked_cluster_probs(normalised, h)
+    normalised = MultiHead(lambda: ClusterHead(12, 4, batch_norm=True), 2, momentum=0.9).eval()
+    (fallback,) = normalised(h)
     torch.testing.assert_close(fallback, torch.stack([head(h) for head in normalised]))
+    linear = MultiHead(lambda: nn.Linear(12, 4), 2, momentum=0.9)
+    (logits,) = linear(h)
+    torch.testing.assert_close(logits, torch.stack([head(h) for head in linear]))
+    single = MultiHead(lambda: ClusterHead(12, 4), 1, momentum=0.9)
+    (plain,) = single(h)
+    assert torch.equal(plain, single[0](h))  # N×K, the head's own call
+
+
+def test_multi_head_reads_out_the_head_with_the_lowest_running_loss() -> None:
+    torch.manual_seed(0)
+    heads = MultiHead(lambda: nn.Linear(3, 2), 3, momentum=0.5)
+    assert len(heads) == 3 and heads.running_losses.isnan().all()
+    assert heads.best == 0  # no step yet: NaN reads as infinite
+    best = heads.update(torch.tensor([2.0, 1.0, 3.0], requires_grad=True))  # the first step sets them
+    assert best.shape == (1,) and int(best) == heads.best == 1
+    assert heads.running_losses.tolist() == [2.0, 1.0, 3.0] and not heads.running_losses.requires_grad
+    best = heads.update(torch.tensor([0.0, 3.0, 3.0]))  # momentum 0.5: half-way
+    assert heads.running_losses.tolist() == [1.0, 2.0, 3.0] and int(best) == heads.best == 0
+    x = torch.randn(5, 3)
+    assert torch.equal(heads.readout(x), heads[0](x))
+    restored = MultiHead(lambda: nn.Linear(3, 2), 3, momentum=0.5)
+    restored.load_state_dict(heads.state_dict())
+    assert restored.best == 0 and torch.equal(restored.readout(x), heads[0](x))
+    with pytest.raises(ConfigError, match=r"params.num_heads must be at least 1, got 0"):
+        MultiHead(lambda: nn.Linear(3, 2), 0, momentum=0.5)
+    with pytest.raises(ConfigError, match=r"params.head_loss_momentum must be in \[0, 1\), got 1.0"):
+        MultiHead(lambda: nn.Linear(3, 2), 2, momentum=1.0)
 
 
 # ---------------------------------------------------------------------------------------------- support set

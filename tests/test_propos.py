@@ -14,11 +14,12 @@ from test_methods import BATCH, images, make_method, step_target_and_check_ema
 
 from deepclust.data import ArrayDataset
 from deepclust.engine.optim import build_optimizer, set_lr
-from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import train
 from deepclust.errors import ConfigError
 from deepclust.losses import byol_loss, prototype_scattering_loss
+from deepclust.methods import Batch
 from deepclust.models.ema import cosine_momentum
+from deepclust.runs.run_dir import RunDir
 
 
 def toy_dataset(n: int = 40) -> ArrayDataset:
@@ -48,7 +49,7 @@ def test_pseudo_labels_start_after_the_warm_up_and_switch_on_the_scattering_term
     indices = torch.arange(BATCH)
     views = [torch.randn(BATCH, 1, 8, 8, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
     method.augmenter.forward = lambda _images: [v.clone() for v in views]  # type: ignore[method-assign]
-    losses = method(images(), indices=indices)
+    losses = method(Batch(images(), indices))
     assert set(losses) == {"loss", "alignment", "scattering"}
     torch.testing.assert_close(losses["loss"], losses["alignment"] + 0.7 * losses["scattering"])
 
@@ -69,7 +70,7 @@ def test_pseudo_labels_start_after_the_warm_up_and_switch_on_the_scattering_term
     assert method.projector[0].weight.grad.abs().sum() > 0
 
     with pytest.raises(RuntimeError, match="indices"):
-        method(images())
+        method(Batch(images()))
 
 
 def test_reads_out_the_target_projections() -> None:
@@ -97,7 +98,7 @@ def test_latent_noise_only_once_pseudo_labels_exist() -> None:
 
     def alignment() -> float:
         # BatchNorm in training mode updates running statistics only, so repeated calls see the same networks
-        return method(images(), indices=indices)["alignment"].item()
+        return method(Batch(images(), indices))["alignment"].item()
 
     assert alignment() == alignment()  # warm-up: σ = 0
     method.on_epoch_start(toy_dataset(), torch.device("cpu"), 1)
@@ -197,6 +198,7 @@ def test_training_assigns_pseudo_labels_every_epoch_and_resumes_exactly(
         assert loss == pytest.approx(expected[step], abs=1e-6), step
 
 
+@pytest.mark.timeout(400)
 def test_ddp_pseudo_labels_and_scattering_on_two_cpu_processes(tmp_path: Path) -> None:
     """Two gloo processes run ProPos's DDP path end to end: both cluster the dataset at epoch 0 (rank 0's labels
     broadcast), then train the scattering term over the gathered batch; rank 0 alone logs. (That the gathered

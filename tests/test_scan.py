@@ -13,14 +13,15 @@ from omegaconf import DictConfig
 from deepclust.cli import main
 from deepclust.config import build_config
 from deepclust.data import load_dataset
-from deepclust.engine.checkpoint import load_checkpoint
-from deepclust.engine.run_dir import RunDir
 from deepclust.engine.trainer import train
 from deepclust.errors import ConfigError, UserError
 from deepclust.evaluation import neighbours as neighbours_module
 from deepclust.evaluation.neighbours import nearest_neighbours, neighbour_accuracy, neighbour_vote
 from deepclust.losses import confident_self_label_loss, neighbour_consistency, top_per_cluster_self_label_loss
-from deepclust.methods import method_class
+from deepclust.methods import Batch, method_class
+from deepclust.runs.checkpoint import load_checkpoint
+from deepclust.runs.pretrained import build_method
+from deepclust.runs.run_dir import RunDir
 
 TINY = [
     "model.width=8",
@@ -111,8 +112,12 @@ def test_scan_needs_a_pretrained_backbone_or_pixel_neighbours(tmp_path: Path) ->
         method_class("scan")(scan_config(), (1, 8, 8), 10)
     with pytest.raises(ConfigError, match="neighbour_space"):
         method_class("scan")(scan_config("params.neighbour_space=colour"), (1, 8, 8), 10)
+    with pytest.raises(UserError, match="run directory not found"):
+        build_method(scan_config(f"params.pretrained={tmp_path / 'missing'}"), (1, 8, 8), 10)
+    unstarted = RunDir(tmp_path / "unstarted").create()
+    unstarted.save_config(scan_config())
     with pytest.raises(UserError, match="no checkpoint"):
-        method_class("scan")(scan_config(f"params.pretrained={tmp_path}"), (1, 8, 8), 10)
+        build_method(scan_config(f"params.pretrained={unstarted.path}"), (1, 8, 8), 10)
 
 
 def test_scan_on_a_pretrained_cc_run_then_resume(tmp_path: Path) -> None:
@@ -128,7 +133,7 @@ def test_scan_on_a_pretrained_cc_run_then_resume(tmp_path: Path) -> None:
     )
     scan_run = RunDir(tmp_path / "scan").create()
     cfg = scan_config(*settings, "train.max_steps=4")
-    method = method_class("scan")(cfg, (1, 8, 8), 10)
+    method = build_method(cfg, (1, 8, 8), 10)
     for name, value in method.backbone.state_dict().items():
         torch.testing.assert_close(value, pretext_weights[f"backbone.{name}"])
 
@@ -165,7 +170,7 @@ def test_scan_sums_the_heads_losses_and_reads_out_the_lowest() -> None:
         "params.entropy_weight=3.0",
     )
     method = method_class("scan")(cfg, (1, 8, 8), 10)
-    assert method.best_head == 0  # no step yet: every running loss is NaN
+    assert method.cluster_heads.best == 0  # no step yet: every running loss is NaN
     torch.manual_seed(0)
     images = torch.randint(0, 17, (6, 1, 8, 8), dtype=torch.uint8)
     neighbours = torch.randint(0, 17, (6, 1, 8, 8), dtype=torch.uint8)
@@ -173,7 +178,7 @@ def test_scan_sums_the_heads_losses_and_reads_out_the_lowest() -> None:
     def step(seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """The method's losses on views drawn from ``seed``, the features, and every head's Λ by hand."""
         torch.manual_seed(seed)
-        losses = method(images, neighbours)
+        losses = method(Batch(images, companions=neighbours))
         torch.manual_seed(seed)  # the same augmented views again, to recompute every head's loss by hand
         features = method.backbone(method.prepare(method.augmenter.view(torch.cat([images, neighbours]))))
         by_hand = []
@@ -187,22 +192,23 @@ def test_scan_sums_the_heads_losses_and_reads_out_the_lowest() -> None:
     losses, features, by_hand = step(1)
     torch.testing.assert_close(losses["loss"].detach(), by_hand.sum(), rtol=1e-5, atol=1e-5)
     # the first step sets the running losses
-    torch.testing.assert_close(method.head_losses, by_hand, rtol=1e-5, atol=1e-5)
+    running = method.cluster_heads.running_losses
+    torch.testing.assert_close(running, by_hand, rtol=1e-5, atol=1e-5)
     best = int(by_hand.argmin())
-    assert method.best_head == best
+    assert method.cluster_heads.best == best
     # the logged terms are the read-out head's
     logged = (losses["consistency"] - 3.0 * losses["entropy"]).detach()
     torch.testing.assert_close(logged, by_hand[best], rtol=1e-5, atol=1e-5)
     # the next one (other views) moves them half-way (momentum 0.5)
     _, _, by_hand_next = step(2)
     assert not torch.allclose(by_hand_next, by_hand)
-    torch.testing.assert_close(method.head_losses, 0.5 * (by_hand + by_hand_next), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(running, 0.5 * (by_hand + by_hand_next), rtol=1e-5, atol=1e-5)
     # the read-out follows the head whose running loss is lowest, and that is saved with the model
-    method.head_losses.copy_(torch.tensor([0.5, -1.0, 0.2]))
-    assert method.best_head == 1
+    running.copy_(torch.tensor([0.5, -1.0, 0.2]))
+    assert method.cluster_heads.best == 1
     probs = method.cluster_probs(features[:2])
     torch.testing.assert_close(probs, method.cluster_heads[1](features[:2]).softmax(dim=1))
-    assert torch.equal(method.state_dict()["head_losses"], torch.tensor([0.5, -1.0, 0.2]))
+    assert torch.equal(method.state_dict()["cluster_heads.running_losses"], torch.tensor([0.5, -1.0, 0.2]))
 
 
 @pytest.mark.parametrize(
@@ -325,19 +331,20 @@ def test_selflabel_fine_tunes_a_cc_run(tmp_path: Path) -> None:
     steps = [e for e in run.read_log() if e["event"] == "train"]
     assert len(steps) == 3 and all(e["confident_share"] == 1.0 for e in steps)  # every sample is above 0.1
     after = load_checkpoint(run.checkpoint_dir / "last.pt")["method"]
-    assert not torch.equal(after["model.cluster_head.net.0.weight"], before["cluster_head.net.0.weight"])
+    head = "cluster_heads.heads.0.net.0.weight"
+    assert not torch.equal(after[f"model.{head}"], before[head])
 
     # the loss by hand: pseudo-labels from the evaluation view, the cross-entropy of an augmented view, SCAN's
     # class balancing (which changes the value on this batch)
-    method = method_class("selflabel")(cfg, (1, 8, 8), 10).train()
+    method = build_method(cfg, (1, 8, 8), 10).train()
     model = method.model
     with torch.no_grad():  # three steps leave the head collapsed; random weights spread its pseudo-labels
         generator = torch.Generator().manual_seed(0)
-        for param in model.cluster_head.parameters():
+        for param in model.cluster_heads.parameters():
             param.normal_(0.0, 1.0, generator=generator)
     batch = torch.randint(0, 17, (32, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(3)
-    losses = method(batch)
+    losses = method(Batch(batch))
     torch.manual_seed(3)  # the same augmented view again
     with torch.no_grad():
         p_weak = model.cluster_probs(model.backbone(model.prepare(method.augmenter.eval_view(batch))))
@@ -398,7 +405,7 @@ def test_selflabel_needs_a_run_with_a_cluster_head(tmp_path: Path) -> None:
         method="selflabel", dataset="digits", overrides=[*TINY, f"params.pretrained={simclr.path}"]
     )
     with pytest.raises(UserError, match="no cluster head"):
-        method_class("selflabel")(cfg, (1, 8, 8), 10)
+        build_method(cfg, (1, 8, 8), 10)
     # SwAV with K prototypes has a cluster head (behind a BatchNorm projector, so it is asked in eval mode)
     swav = RunDir(tmp_path / "swav").create()
     swav_settings = [*TINY, "train.max_steps=1", "params.projection_dim=8", "params.hidden_dim=16"]
@@ -408,12 +415,12 @@ def test_selflabel_needs_a_run_with_a_cluster_head(tmp_path: Path) -> None:
     accepted = build_config(
         method="selflabel", dataset="digits", overrides=[*TINY, f"params.pretrained={swav.path}"]
     )
-    assert method_class("selflabel")(accepted, (1, 8, 8), 10).model.cfg.method == "swav"
+    assert build_method(accepted, (1, 8, 8), 10).model.cfg.method == "swav"
     other_data = build_config(
         method="selflabel", dataset="fashion-mnist", overrides=[*TINY, f"params.pretrained={simclr.path}"]
     )
     with pytest.raises(UserError, match="same data"):
-        method_class("selflabel")(other_data, (1, 28, 28), 10)
+        build_method(other_data, (1, 28, 28), 10)
     with pytest.raises(UserError, match="run directory not found"):
         cfg.params.pretrained = str(tmp_path / "missing")
-        method_class("selflabel")(cfg, (1, 8, 8), 10)
+        build_method(cfg, (1, 8, 8), 10)

@@ -5,6 +5,7 @@
 >>> image, label, index = ds[0]
 """
 
+from deepclust.data.batches import TrainBatches, eval_batches
 from deepclust.data.datasets import (
     ArrayDataset,
     DatasetInfo,
@@ -12,6 +13,7 @@ from deepclust.data.datasets import (
     default_data_root,
     list_datasets,
     load_dataset,
+    resolve_num_clusters,
 )
 from deepclust.data.formats import CIFAR100_COARSE_NAMES, CIFAR100_FINE_TO_COARSE
 from deepclust.errors import DatasetNotFoundError
@@ -22,8 +24,11 @@ __all__ = [
     "ArrayDataset",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "TrainBatches",
     "dataset_info",
     "default_data_root",
+    "eval_batches",
     "list_datasets",
     "load_dataset",
+    "resolve_num_clusters",
 ]

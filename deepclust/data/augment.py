@@ -62,6 +62,7 @@ from torch import Tensor, nn
 
 from deepclust.data.datasets import MAX_IMAGE_SIZE
 from deepclust.errors import ConfigError
+from deepclust.validation import check_choice
 
 # Blur as SimCLR/BYOL specify it: σ ~ U(0.1, 2.0), kernel side 10% of the image side (CC: 23 px at 224 px).
 BLUR_SIGMA: tuple[float, float] = (0.1, 2.0)
@@ -175,8 +176,7 @@ def jitter_from_strength(strength: float) -> list[float]:
 def preset(name: str) -> AugmentConfig:
     """The named pipeline's settings, every field filled in (``jitter_strength`` is ``None`` for pipelines
     whose jitter is not of SimCLR's ``s`` form; ``jitter`` is always the explicit four strengths)."""
-    if name not in _PRESETS:
-        raise ConfigError(f"augment.pipeline must be one of {', '.join(PIPELINES)}; got {name!r}")
+    check_choice("augment.pipeline", name, PIPELINES)
     values = {key: list(value) if isinstance(value, list) else value for key, value in _PRESETS[name].items()}
     values.setdefault("jitter_strength", None)
     values.setdefault("small_crop_size", None)
@@ -296,10 +296,7 @@ def sample_crop_boxes(
 
     Unlike torchvision's, the boxes keep their sub-pixel sides and positions (the crop is resampled anyway), and
     a draw fits when its exact sides do, where torchvision rounds them first. With torchvision's whole-pixel
-    positions CC's Fashion-MNIST config read 7 points of head ACC lower after 5 epochs; rounding the sides alone
-    changed nothing (benchmarks/RESULTS.md). Not rounding moves the mean crop area by about 1 % of the image
-    (0.800 against torchvision's 0.811 at scale 0.7–1, 28 px) and, near scale 1, how often no draw fits (at
-    0.9–1: 14 % against 10 %)."""
+    positions CC learned less on Fashion-MNIST (benchmarks/notes/2026-12-03-crop-sampling.md)."""
     area = height * width
     target = area * torch.empty(n, CROP_ATTEMPTS).uniform_(scale[0], scale[1])
     aspect = torch.empty(n, CROP_ATTEMPTS).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp()

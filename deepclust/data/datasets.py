@@ -957,3 +957,18 @@ def load_dataset(
         return loader(request)
     except PermissionError as err:  # a file found but not readable by this user (image files are skipped)
         raise UserError(f"{info.name}: cannot read {err.filename}: permission denied") from None
+
+
+def resolve_num_clusters(dataset: ArrayDataset, requested: int | None = None) -> int:
+    """K: ``requested`` (``data.num_clusters``), else the dataset's number of classes; checked against the
+    number of samples."""
+    k = requested if requested is not None else dataset.num_classes
+    if k is None:
+        raise UserError(
+            f"dataset {dataset.name!r} has no known number of classes: pass --clusters K (data.num_clusters=K)"
+        )
+    if k < 2:
+        raise UserError(f"the number of clusters K must be at least 2, got {k}")
+    if k > len(dataset):
+        raise UserError(f"K={k} clusters is more than the {len(dataset)} samples of {dataset.name!r}")
+    return int(k)

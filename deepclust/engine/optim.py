@@ -46,8 +46,8 @@ class LARS(Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         loss = closure() if closure is not None else None
-        # one multi-tensor kernel per operation and group (torch._foreach_*) rather than one per tensor: on an
-        # H200 the per-tensor loop spanned 8-12 ms of a 44-73 ms ResNet-18 step (benchmarks/RESULTS.md)
+        # one multi-tensor kernel per operation and group (torch._foreach_*), not one per tensor: a GPU step is
+        # bound by the host's per-operation cost (benchmarks/notes/2026-11-30-h200-gpu.md)
         for group in self.param_groups:
             params = [param for param in group["params"] if param.grad is not None]
             if not params:

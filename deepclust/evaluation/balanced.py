@@ -7,8 +7,8 @@ import torch
 
 from deepclust.losses.sinkhorn import sinkhorn
 
-# Sinkhorn rounds of the read-out. On the 70,000 Fashion-MNIST images of five trained CC runs the cluster sizes
-# were within 1.8 % of 7,000 after 100 rounds and moved by at most 12 images from 100 to 300 rounds.
+# Sinkhorn rounds of the read-out: enough for near-equal sizes on trained heads
+# (benchmarks/notes/2026-11-29-feature-diagnosis-and-read-outs.md)
 BALANCED_ITERATIONS = 100
 
 
@@ -20,8 +20,8 @@ def balanced_assignment(probs: np.ndarray, iterations: int = BALANCED_ITERATIONS
     Sinkhorn-Knopp until every cluster carries 1/K of the mass and every sample 1/N, then the argmax of each
     row. A sample changes cluster only where its odds between two clusters are closer than the ratio of their
     scales ``u``, so confident assignments stay. The mass is balanced; the sizes after the argmax are equal only
-    as far as the head is confident (a near-uniform head, early in training, can leave them unequal). A harder
-    plan (ε = 0.5, 0.2, 0.1) read no better on Fashion-MNIST (benchmarks/RESULTS.md).
+    as far as the head is confident (a near-uniform head, early in training, can leave them unequal). Harder
+    plans (smaller ε) read no better (benchmarks/notes/2026-11-29-feature-diagnosis-and-read-outs.md).
 
     It assumes that the classes are about equally frequent, the prior CC's entropy term also encodes. It uses
     no labels and is transductive: a new image needs the scales of the clustered set. A cluster to which the head

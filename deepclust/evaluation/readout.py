@@ -1,5 +1,6 @@
-"""Read-outs of a trained method: k-means on its features and, when it has one, the argmax of its cluster head
-(optionally also smoothed by a vote of each sample's nearest neighbours)."""
+"""Read-outs of a trained method: k-means on its features, the argmax of each of its soft assignments (a cluster
+head's), optionally smoothed by a vote of each sample's nearest neighbours or balanced, and the read-outs a
+method computes over the whole evaluation set."""
 
 from __future__ import annotations
 
@@ -11,14 +12,30 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.fabric.plugins.precision import MixedPrecision
-from omegaconf import DictConfig
 
-from deepclust.data import ArrayDataset
-from deepclust.engine.data import eval_batches
+from deepclust.data import ArrayDataset, eval_batches
 from deepclust.evaluation.balanced import balanced_assignment
 from deepclust.evaluation.kmeans import kmeans
 from deepclust.evaluation.metrics import evaluate_clustering
 from deepclust.evaluation.neighbours import neighbour_vote_probs
+
+#: the read-out name of a cluster head's soft assignments
+HEAD = "head"
+
+
+@dataclass
+class ReadoutConfig:
+    """Optional read-outs of soft assignments beside their argmax (the ``readout`` section of a run).
+
+    Attributes:
+        neighbour_vote: > 0: also each soft assignment averaged over every sample's this many nearest neighbours
+            in feature space (read-out ``neighbour_vote`` for the cluster head); 0 = off.
+        balanced: also each soft assignment (and vote) rescaled so that every cluster holds 1/K of the samples
+            (``head_balanced``, ``neighbour_vote_balanced``), for about equally frequent classes.
+    """
+
+    neighbour_vote: int = 0
+    balanced: bool = False
 
 
 @dataclass
@@ -49,12 +66,10 @@ def extract(
     batch_size: int | None = None,
     autocast: Any = None,
 ) -> dict[str, np.ndarray]:
-    """``method.readout`` over every sample in dataset order, concatenated (features, and probs if any).
+    """``method.readout`` over every sample in dataset order, concatenated per output name.
 
-    ``batch_size`` defaults to 1024 on a GPU and 256 on the CPU. There the small CNN's first activations of a
-    1024 batch (103 MB) are above glibc's largest mmap threshold (32 MiB), so every batch maps fresh pages: on
-    the dev CPU (AVX2) all 70,000 Fashion-MNIST images took 17–25 s and 4.3–5.2 million page faults at 1024,
-    and 12–16 s at 256 (benchmarks/RESULTS.md, "Page faults on the CPU")."""
+    ``batch_size`` defaults to 1024 on a GPU and 256 on the CPU, where larger batches' activations pass glibc's
+    mmap threshold and fault in fresh pages every batch (benchmarks/notes/2026-12-03-page-faults.md)."""
     if batch_size is None:
         batch_size = 1024 if device.type == "cuda" else 256
     was_training = method.training
@@ -90,20 +105,36 @@ def feature_spread(features: np.ndarray) -> float:
     return float(max(0.0, 1.0 - np.square(unit.mean(axis=0, dtype=np.float64)).sum()))
 
 
+def vote_name(name: str) -> str:
+    """The neighbour-vote read-out of soft assignments ``name``: ``neighbour_vote`` for the cluster head."""
+    return "neighbour_vote" if name == HEAD else f"{name}_neighbour_vote"
+
+
 def compute_readouts(
     outputs: dict[str, np.ndarray],
     labels: np.ndarray | None,
     num_clusters: int,
-    kmeans_cfg: DictConfig,
+    kmeans_cfg: Any,
     seed: int,
-    neighbour_vote_k: int = 0,
-    balanced: bool = False,
+    options: ReadoutConfig | Any = None,
+    dataset_readouts: dict[str, np.ndarray] | None = None,
+    primary: str | None = None,
 ) -> ReadoutResult:
-    """Read-out ``kmeans`` (on the raw features, as the papers do, or L2-normalised with ``kmeans.normalize``)
-    and ``head`` (argmax of ``probs``); with ``neighbour_vote_k > 0`` also ``neighbour_vote`` (the head's
-    probabilities averaged over each sample's ``neighbour_vote_k`` nearest neighbours in feature space); with
-    ``balanced`` also ``head_balanced`` and ``neighbour_vote_balanced``, the same probabilities rescaled to equal
-    cluster sizes before the argmax (:func:`~deepclust.evaluation.balanced.balanced_assignment`)."""
+    """Every read-out of a method's outputs over the evaluation set, with metrics when ``labels`` exist.
+
+    - ``kmeans``: k-means on ``outputs["features"]`` (raw, as the papers do, or L2-normalised with
+      ``kmeans.normalize``);
+    - the argmax of every other output, a soft assignment, under its own name (``head`` for a cluster head);
+    - the method's ``dataset_readouts`` (cluster ids computed over the whole set), as they are;
+    - the options of ``options`` (the ``readout`` section): with ``neighbour_vote = k > 0``, each soft
+      assignment averaged over every sample's ``k`` nearest neighbours in feature space (``neighbour_vote`` for
+      the head); with ``balanced``, each soft assignment and vote rescaled to equal cluster sizes before the
+      argmax (``<name>_balanced``, :func:`~deepclust.evaluation.balanced.balanced_assignment`).
+
+    ``confidence`` is the largest probability of the ``primary`` read-out when it is a soft assignment, else of
+    the first soft assignment (``None`` without any).
+    """
+    options = options if options is not None else ReadoutConfig()
     features = outputs["features"]
     result = kmeans(
         features,
@@ -115,25 +146,30 @@ def compute_readouts(
         normalize=kmeans_cfg.normalize,
     )
     clusters = {"kmeans": result.labels}
-    confidence = None
-    if "probs" in outputs:
-        probs = outputs["probs"]
-        clusters["head"] = probs.argmax(axis=1)
-        confidence = probs.max(axis=1)
-        if balanced:
-            clusters["head_balanced"] = balanced_assignment(probs)
-        if neighbour_vote_k > 0:
-            voted = neighbour_vote_probs(probs, features, neighbour_vote_k)
-            clusters["neighbour_vote"] = voted.argmax(axis=1)
-            if balanced:
-                clusters["neighbour_vote_balanced"] = balanced_assignment(voted)
-    else:
-        for setting, requested in [("neighbour_vote", neighbour_vote_k > 0), ("balanced_readout", balanced)]:
+    soft = {name: values for name, values in outputs.items() if name != "features"}
+    for name, probs in soft.items():
+        clusters[name] = probs.argmax(axis=1)
+        if options.balanced:
+            clusters[f"{name}_balanced"] = balanced_assignment(probs)
+        if options.neighbour_vote > 0:
+            voted = neighbour_vote_probs(probs, features, options.neighbour_vote)
+            clusters[vote_name(name)] = voted.argmax(axis=1)
+            if options.balanced:
+                clusters[f"{vote_name(name)}_balanced"] = balanced_assignment(voted)
+    if not soft:
+        for setting, requested in [
+            ("neighbour_vote", options.neighbour_vote > 0),
+            ("balanced", options.balanced),
+        ]:
             if requested:
                 warnings.warn(
-                    f"train.{setting}: this method has no cluster head, so there is no {setting} read-out",
+                    f"readout.{setting}: this method has no soft cluster assignments, so there is no {setting} "
+                    "read-out",
                     stacklevel=2,
                 )
+    clusters.update(dataset_readouts or {})
+    confidence_of = primary if primary in soft else next(iter(soft), None)
+    confidence = None if confidence_of is None else soft[confidence_of].max(axis=1)
     metrics = (
         {name: evaluate_clustering(labels, pred) for name, pred in clusters.items()}
         if labels is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deepclust.errors import ConfigError
-from deepclust.methods.base import Method, TrainingProgress
+from deepclust.methods.base import EXTRA_SPLIT, MAIN_SPLIT, Batch, Method, MethodSpec, TrainingProgress
 from deepclust.methods.byol import BYOL
 from deepclust.methods.cc import ContrastiveClustering
 from deepclust.methods.kmeans import KMeansBaseline
@@ -13,7 +13,7 @@ from deepclust.methods.selflabel import SelfLabel
 from deepclust.methods.simclr import SimCLR
 from deepclust.methods.swav import SwAV
 
-METHODS: dict[str, type] = {
+METHODS: dict[str, type[MethodSpec]] = {
     "kmeans": KMeansBaseline,
     "simclr": SimCLR,
     "byol": BYOL,
@@ -25,7 +25,7 @@ METHODS: dict[str, type] = {
 }
 
 
-def method_class(name: str) -> type:
+def method_class(name: str) -> type[MethodSpec]:
     """The class registered under ``name``; a ConfigError listing the choices otherwise."""
     try:
         return METHODS[name]
@@ -33,4 +33,13 @@ def method_class(name: str) -> type:
         raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}") from None
 
 
-__all__ = ["METHODS", "Method", "TrainingProgress", "method_class"]
+__all__ = [
+    "EXTRA_SPLIT",
+    "MAIN_SPLIT",
+    "METHODS",
+    "Batch",
+    "Method",
+    "MethodSpec",
+    "TrainingProgress",
+    "method_class",
+]

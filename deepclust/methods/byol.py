@@ -17,12 +17,12 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from deepclust.config import check_ranges
 from deepclust.losses import byol_loss
-from deepclust.methods.base import TrainingProgress
+from deepclust.methods.base import Batch, TrainingProgress
 from deepclust.methods.common import BackboneMethod
 from deepclust.models import mlp
 from deepclust.models.ema import cosine_momentum, ema_update_, frozen_copy
+from deepclust.validation import check_ranges
 
 
 @dataclass
@@ -46,6 +46,7 @@ class BYOL(BackboneMethod):
     Config: ClassVar[type | None] = BYOLConfig
     DEFAULTS: ClassVar[dict[str, Any]] = {"augment": {"pipeline": "byol"}}
     primary_readout: ClassVar[str] = "kmeans"
+    tiny_settings: ClassVar[tuple[str, ...] | None] = ("params.projection_dim=8", "params.hidden_dim=16")
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
@@ -61,9 +62,9 @@ class BYOL(BackboneMethod):
         """``g_θ ∘ f_θ`` as one module (built on the fly: registering it would duplicate state-dict keys)."""
         return nn.Sequential(self.backbone, self.projector)
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Symmetric BYOL loss (Grill et al. 2020, Eq. 2 plus its view-swapped ``L̃``)."""
-        view_a, view_b = self.views(images)[:2]
+        view_a, view_b = self.views(batch.images)[:2]
         pred_a = self.predictor(self.projector(self.backbone(view_a)))
         pred_b = self.predictor(self.projector(self.backbone(view_b)))
         with torch.no_grad():

@@ -4,11 +4,12 @@ Instance head ``g_I``: Linear → ReLU → Linear(128), L2-normalised, NT-Xent a
 ``g_C``: Linear → ReLU → Linear(K) → softmax; the columns of the two views' N×K assignment matrices are
 contrasted at ``τ_C``, plus an entropy term on the cluster marginals that prevents collapse into one cluster.
 Neither head has BatchNorm, and each view goes through the network separately, as in the authors' code. The
-cluster read-out is the argmax of ``g_C``. With ``params.num_heads > 1`` several cluster heads are trained side
-by side on the same backbone, their mean cluster loss is minimised, and the head with the lowest running cluster
-loss is read out (as SCAN's code and IIC's sub-heads do; not in the CC paper). With ``params.neighbour_queue > 0``
-the instance loss takes NNCLR's nearest neighbours from a support set of recent embeddings as its anchors (not in
-the CC paper either). See docs/methods/cc.md.
+cluster read-out is the argmax of ``g_C``. Two named options, neither in the CC paper: with
+``params.num_heads > 1`` several cluster heads are trained side by side on the same backbone, their mean cluster
+loss is minimised, and the head with the lowest running cluster loss is read out (as SCAN's code and IIC's
+sub-heads do; :class:`~deepclust.models.MultiHead`). With ``params.neighbour_queue > 0`` the instance loss takes
+NNCLR's nearest neighbours from a support set of recent embeddings as its anchors
+(:class:`~deepclust.methods.common.NeighbourPositives`). See docs/methods/cc.md.
 """
 
 from __future__ import annotations
@@ -18,25 +19,16 @@ from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from torch import Tensor
 
-from deepclust.config import check_ranges
-from deepclust.errors import ConfigError
 from deepclust.losses import cc_entropy_term, cluster_contrastive_loss, nt_xent
 from deepclust.losses.cluster_contrast import ENTROPY_VARIANTS
-from deepclust.losses.nearest_neighbour import nearest_neighbour_contrast
-from deepclust.methods.common import (
-    BackboneMethod,
-    at_head,
-    lowest_running_loss,
-    running_head_losses,
-    update_running_losses,
-)
-from deepclust.models import ClusterHead, mlp, stacked_cluster_probs
-from deepclust.models.support_set import PIXEL_KEY_SIDE, SupportSet, pixel_key_size, pixel_keys
-
-#: what a support-set neighbour is searched by: the instance embedding (NNCLR) or the image's pixels
-NEIGHBOUR_SPACES = ("embedding", "pixels")
+from deepclust.methods.base import Batch
+from deepclust.methods.common import NEIGHBOUR_SPACES, BackboneMethod, NeighbourPositives
+from deepclust.models import ClusterHead, MultiHead, mlp
+from deepclust.models.heads import at_head
+from deepclust.models.support_set import PIXEL_KEY_SIDE
+from deepclust.validation import check_choice, check_ranges
 
 
 @dataclass
@@ -93,17 +85,14 @@ class ContrastiveClustering(BackboneMethod):
         "augment": {"pipeline": "cc"},
     }
     primary_readout: ClassVar[str] = "head"
-    supports_instance_only: ClassVar[bool] = True
+    uses_extra_split: ClassVar[bool] = True
+    tiny_settings: ClassVar[tuple[str, ...] | None] = ("params.instance_dim=8", "params.hidden_dim=16")
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
         p = self.params
-        if p.entropy_variant not in ENTROPY_VARIANTS:
-            choices = ", ".join(ENTROPY_VARIANTS)
-            raise ConfigError(f"params.entropy_variant must be one of {choices}; got {p.entropy_variant!r}")
-        if p.neighbour_space not in NEIGHBOUR_SPACES:
-            choices = ", ".join(NEIGHBOUR_SPACES)
-            raise ConfigError(f"params.neighbour_space must be one of {choices}; got {p.neighbour_space!r}")
+        check_choice("params.entropy_variant", p.entropy_variant, ENTROPY_VARIANTS)
+        check_choice("params.neighbour_space", p.neighbour_space, NEIGHBOUR_SPACES)
         check_ranges(
             p,
             "params.",
@@ -111,89 +100,54 @@ class ContrastiveClustering(BackboneMethod):
             at_least_one=("instance_dim", "hidden_dim", "neighbour_key_side"),
             non_negative=("entropy_weight", "neighbour_queue"),
         )
-        head_losses = running_head_losses(p.num_heads, p.head_loss_momentum)
         hidden = p.hidden_dim or self.feature_dim
         self.instance_head = mlp(self.feature_dim, hidden, p.instance_dim, num_layers=2, batch_norm=False)
-        # Head 0 keeps the single-head name and initialisation, so one-head checkpoints and runs are unchanged.
-        self.cluster_head = ClusterHead(self.feature_dim, num_clusters, hidden_dim=hidden)
-        if p.num_heads > 1:
-            self.extra_cluster_heads = nn.ModuleList(
-                ClusterHead(self.feature_dim, num_clusters, hidden_dim=hidden) for _ in range(p.num_heads - 1)
-            )
-            # each head's running cluster loss; the lowest one is read out
-            self.register_buffer("head_losses", head_losses)
-        self.support_set: SupportSet | None = None
+        # g_C, params.num_heads of them (paper: one); the one with the lowest running cluster loss is read out
+        self.cluster_heads = MultiHead(
+            lambda: ClusterHead(self.feature_dim, num_clusters, hidden_dim=hidden),
+            p.num_heads,
+            p.head_loss_momentum,
+        )
+        # option: NNCLR's support-set neighbours as the instance loss's anchors
+        self.neighbours: NeighbourPositives | None = None
         if p.neighbour_queue > 0:
-            key_dim = (
-                pixel_key_size(image_shape, p.neighbour_key_side) if p.neighbour_space == "pixels" else None
+            self.neighbours = NeighbourPositives(
+                p.neighbour_queue, p.instance_dim, p.neighbour_space, p.neighbour_key_side, image_shape
             )
-            self.support_set = SupportSet(p.neighbour_queue, p.instance_dim, key_dim)
-
-    @property
-    def cluster_heads(self) -> list[ClusterHead]:
-        """Every cluster head ``g_C``, head 0 first."""
-        extra = list(self.extra_cluster_heads) if self.params.num_heads > 1 else []
-        return [self.cluster_head, *extra]
-
-    @property
-    def best_head(self) -> int:
-        """Index of the head that is read out: the one with the lowest running cluster loss."""
-        return int(lowest_running_loss(self.head_losses)) if self.params.num_heads > 1 else 0
 
     def cluster_probs(self, features: Tensor) -> Tensor:
         """Soft assignments ``softmax(g_C(h))`` of the read-out head, N×K (float32)."""
-        return self.cluster_heads[self.best_head](features)
+        return self.cluster_heads.readout(features)
 
-    def instance_loss(self, images: Tensor, z_a: Tensor, z_b: Tensor) -> Tensor:
-        """``L_ins``: NT-Xent (CC, Eq. 3), or NNCLR's loss once the support set is full; then this batch's
-        first-view embeddings join the support set."""
-        p = self.params
-        support = self.support_set
-        if support is None:
-            return nt_xent(z_a, z_b, p.instance_temperature, gather=self.gather)
-        keys = pixel_keys(images, p.neighbour_key_side) if support.keys is not None else None
-        if support.full:
-            if keys is None:  # in embedding space each view finds its own neighbour
-                neighbour_a, neighbour_b = support.nearest(z_a), support.nearest(z_b)
-            else:  # both views share their image's pixel neighbour
-                neighbour_a = neighbour_b = support.nearest(keys)
-            loss = 0.5 * (
-                nearest_neighbour_contrast(neighbour_a, z_b, p.instance_temperature, gather=self.gather)
-                + nearest_neighbour_contrast(neighbour_b, z_a, p.instance_temperature, gather=self.gather)
-            )
-        else:
-            loss = nt_xent(z_a, z_b, p.instance_temperature, gather=self.gather)
-        support.push(z_a, keys)
-        return loss
-
-    def forward(self, images: Tensor, instance_only: bool = False) -> dict[str, Tensor]:
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
         """``L = L_ins + L_clu`` (Li et al. 2021, Eq. 3, 6, 7), the entropy term weighted and per variant.
 
-        With ``instance_only`` the loss is ``L_ins`` alone and the cluster head is not run: how the authors'
-        ``train_STL10.py`` uses STL-10's 100,000 unlabelled images (``data.extra_split=unlabeled``).
+        On batches of ``data.extra_split`` the loss is ``L_ins`` alone and the cluster head is not run: how the
+        authors' ``train_STL10.py`` uses STL-10's 100,000 unlabelled images (``data.extra_split=unlabeled``).
         """
+        images = batch.images
         view_a, view_b = self.views(images)[:2]
         h_a, h_b = self.backbone(view_a), self.backbone(view_b)
         z_a = F.normalize(self.instance_head(h_a), dim=1)
         z_b = F.normalize(self.instance_head(h_b), dim=1)
         p = self.params
         gather = self.gather
-        instance = self.instance_loss(images, z_a, z_b)
-        if instance_only:
+        # L_ins: NT-Xent (Eq. 3), or with the neighbours option NNCLR's loss once its support set is full
+        if self.neighbours is None:
+            instance = nt_xent(z_a, z_b, p.instance_temperature, gather=gather)
+        else:
+            instance = self.neighbours(images, z_a, z_b, p.instance_temperature, gather)
+        if batch.is_extra:
             return {"loss": instance, "instance": instance}
         # Several heads: H×N×K assignments of all of them at once, and each loss gives H values. One head: N×K.
-        if p.num_heads > 1:
-            c_a, c_b = stacked_cluster_probs(self.cluster_heads, h_a, h_b)
-        else:
-            c_a, c_b = self.cluster_head(h_a), self.cluster_head(h_b)
+        c_a, c_b = self.cluster_heads(h_a, h_b)
         cluster = cluster_contrastive_loss(c_a, c_b, p.cluster_temperature, gather=gather).reshape(-1)
         # The marginals of the global batch (gathering only the K cluster masses).
         entropy = cc_entropy_term(c_a, c_b, variant=p.entropy_variant, gather=gather).reshape(-1)
         entropy = p.entropy_weight * entropy
         best_cluster, best_entropy = cluster[0], entropy[0]
         if p.num_heads > 1:
-            update_running_losses(self.head_losses, cluster + entropy, p.head_loss_momentum)
-            best = lowest_running_loss(self.head_losses)
+            best = self.cluster_heads.update(cluster + entropy)
             best_cluster, best_entropy = at_head(cluster, best), at_head(entropy, best)
         return {
             # the same sum as ``instance + (cluster + entropy).mean()``, in the one-head order of additions

@@ -6,7 +6,8 @@ training device, and a backbone that maps a view to its representation ``h``. It
 ``features`` are the backbone features ``h`` (what k-means clusters, following the papers, which
 cluster/evaluate the representation before the projector; ProPos overrides it with its target projections, where
 its authors evaluate), and ``probs`` come from
-:meth:`BackboneMethod.cluster_probs` for methods that have a cluster head.
+:meth:`BackboneMethod.cluster_probs` for methods that have a cluster head. :class:`NeighbourPositives` is an
+option of the two-view contrastive methods: NNCLR's nearest neighbours from a support set as the anchors.
 
 Normalisation statistics. The method is not told the dataset's per-channel mean/std, and computing them would
 need a pass over the data, so the statistics are fixed and dataset-independent: ImageNet's for 3-channel
@@ -21,13 +22,15 @@ from typing import ClassVar
 
 import torch
 from omegaconf import DictConfig
-from torch import Tensor
+from torch import Tensor, nn
 
 from deepclust.data.augment import ViewAugmenter
-from deepclust.distributed import all_reduce_sum, is_distributed, world_size
+from deepclust.distributed import is_distributed
 from deepclust.errors import ConfigError
+from deepclust.losses import nearest_neighbour_contrast, nt_xent
 from deepclust.methods.base import Method
 from deepclust.models import Backbone, build_backbone
+from deepclust.models.support_set import SupportSet, pixel_key_size, pixel_keys
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -52,50 +55,65 @@ def build_augmenter(cfg: DictConfig, image_shape: tuple[int, int, int]) -> ViewA
     return ViewAugmenter(cfg.augment, channels, int(image_shape[1]), mean, std)
 
 
-def first_mismatch(err: Exception) -> str:
-    """The first specific line of a ``load_state_dict`` error (the first line only says that loading failed)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    line = lines[1] if len(lines) > 1 else lines[0] if lines else "unknown error"
-    return line if len(line) <= 160 else line[:157] + "..."  # a list of missing keys can run to pages
-
-
-def readout_outputs(features: Tensor, probs: Tensor | None = None) -> dict[str, Tensor]:
-    """The read-out dict in float32 (autocast may have produced bf16/fp16), without autograd history."""
+def readout_outputs(features: Tensor, head: Tensor | None = None) -> dict[str, Tensor]:
+    """The read-out dict in float32 (autocast may have produced bf16/fp16), without autograd history: the
+    ``features`` and, for a method with a cluster head, its soft assignments as ``head``."""
     out = {"features": features.detach().float()}
-    if probs is not None:
-        out["probs"] = probs.detach().float()
+    if head is not None:
+        out["head"] = head.detach().float()
     return out
 
 
-def running_head_losses(num_heads: int, momentum: float) -> Tensor:
-    """The running-loss buffer of ``num_heads`` cluster heads, NaN until their first step, after checking the
-    ``params.num_heads`` and ``params.head_loss_momentum`` settings (a :class:`ConfigError` if they are invalid)."""
-    if num_heads < 1:
-        raise ConfigError(f"params.num_heads must be at least 1, got {num_heads}")
-    if not 0.0 <= momentum < 1.0:
-        raise ConfigError(f"params.head_loss_momentum must be in [0, 1), got {momentum}")
-    return torch.full((num_heads,), float("nan"))
+#: what a support-set neighbour is searched by: the instance embedding (NNCLR) or the image's pixels
+NEIGHBOUR_SPACES = ("embedding", "pixels")
 
 
-@torch.no_grad()
-def update_running_losses(running: Tensor, losses: Tensor, momentum: float) -> None:
-    """Exponential average, in place, of each cluster head's loss over training steps (NaN entries of
-    ``running`` mean "no step yet" and take the first value). The step's losses are averaged over processes
-    first, so that every process reads out the same head."""
-    losses = all_reduce_sum(losses.detach().clone()) / world_size()
-    running.copy_(torch.where(torch.isnan(running), losses, momentum * running + (1 - momentum) * losses))
+class NeighbourPositives(nn.Module):
+    """NNCLR's nearest-neighbour positives (Dwibedi et al., ICCV 2021), an option of a two-view instance contrast.
 
+    A support set (:class:`~deepclust.models.support_set.SupportSet`) keeps the ``size`` latest first-view
+    embeddings (``dim``). Called with a batch's images and the two views' unit embeddings, the part returns the
+    instance loss: NT-Xent while the set fills, and once it is full NNCLR's loss, symmetrised over the views as in
+    their code, in which a sample's nearest neighbour in the set stands in for it as the anchor. Then the batch's
+    first-view embeddings join the set. ``space`` is what the neighbour is searched by: ``"embedding"`` (each
+    view's own embedding, as NNCLR) or ``"pixels"`` (the un-augmented image's centred pixels, pooled to
+    ``key_side`` when larger, :func:`~deepclust.models.support_set.pixel_keys` of ``image_shape`` images; both
+    views share their image's neighbour). The set is in the state dict, so a resumed run searches the same one.
+    """
 
-def lowest_running_loss(running: Tensor) -> Tensor:
-    """1-element index of the head with the lowest running loss (head 0 before any step: NaN reads as ∞), on
-    the buffer's device, so that a training step can use it without waiting for the device."""
-    return torch.nan_to_num(running, nan=float("inf")).argmin().view(1)
+    def __init__(
+        self, size: int, dim: int, space: str, key_side: int, image_shape: tuple[int, int, int]
+    ) -> None:
+        super().__init__()
+        if space not in NEIGHBOUR_SPACES:
+            raise ValueError(
+                f"neighbours are searched by one of {', '.join(NEIGHBOUR_SPACES)}, got {space!r}"
+            )
+        self.key_side = key_side
+        key_dim = pixel_key_size(image_shape, key_side) if space == "pixels" else None
+        self.support_set = SupportSet(size, dim, key_dim)
 
-
-def at_head(values: Tensor, head: Tensor) -> Tensor:
-    """``values[head]`` for a 1-element index on the device: ``index_select`` reads the index on the device
-    (a Python-style ``values[head]`` may copy it to the host first, which waits for the GPU)."""
-    return values.index_select(0, head).squeeze(0)
+    def forward(
+        self, images: Tensor, z_a: Tensor, z_b: Tensor, temperature: float, gather: bool = False
+    ) -> Tensor:
+        """The instance loss of the two views' N×D unit embeddings ``z_a`` and ``z_b`` of the uint8 ``images``,
+        at ``temperature``; then ``z_a`` (with the images' keys) joins the support set. With ``gather`` the
+        negatives are the whole distributed batch's, as in :func:`~deepclust.losses.nt_xent`."""
+        support = self.support_set
+        keys = pixel_keys(images, self.key_side) if support.keys is not None else None
+        if support.full:
+            if keys is None:  # in embedding space each view finds its own neighbour
+                neighbour_a, neighbour_b = support.nearest(z_a), support.nearest(z_b)
+            else:  # both views share their image's pixel neighbour
+                neighbour_a = neighbour_b = support.nearest(keys)
+            loss = 0.5 * (
+                nearest_neighbour_contrast(neighbour_a, z_b, temperature, gather=gather)
+                + nearest_neighbour_contrast(neighbour_b, z_a, temperature, gather=gather)
+            )
+        else:
+            loss = nt_xent(z_a, z_b, temperature, gather=gather)
+        support.push(z_a, keys)
+        return loss
 
 
 class BackboneMethod(Method):

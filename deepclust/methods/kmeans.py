@@ -1,112 +1,15 @@
-"""The k-means baseline: cluster raw pixels (the papers' "k-means" row) or the features of a trained run."""
+"""The k-means baseline: cluster raw pixels (the papers' "k-means" row) or the features of a trained run.
+
+It is not trained: ``deepclust train --method kmeans`` runs :func:`deepclust.engine.kmeans_baseline.run_kmeans`."""
 
 from __future__ import annotations
 
-import time
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import numpy as np
-import torch
-from omegaconf import DictConfig
-from rich.console import Console
-
-from deepclust.data import ArrayDataset, load_dataset
-from deepclust.engine.run_dir import RunDir
-from deepclust.errors import UserError
-from deepclust.evaluation import evaluate_clustering, kmeans
-from deepclust.evaluation.readout import extract
+from deepclust.methods.base import MethodSpec
 
 
-class KMeansBaseline:
-    """Not trained: ``deepclust train --method kmeans`` runs :func:`run_kmeans` instead of the training loop."""
+class KMeansBaseline(MethodSpec):
+    """The registry's entry for k-means: not trained (``trainable`` is false), so the CLI runs the baseline."""
 
-    Config: ClassVar[type | None] = None
-    DEFAULTS: ClassVar[dict[str, Any]] = {}
     trainable: ClassVar[bool] = False
-    primary_readout: ClassVar[str] = "kmeans"
-
-
-def resolve_num_clusters(cfg: DictConfig, dataset: ArrayDataset) -> int:
-    """K from the config, else the dataset's number of classes; checked against the number of samples."""
-    k = cfg.data.num_clusters if cfg.data.num_clusters is not None else dataset.num_classes
-    if k is None:
-        raise UserError(
-            f"dataset {dataset.name!r} has no known number of classes: pass --clusters K (data.num_clusters=K)"
-        )
-    if k < 2:
-        raise UserError(f"the number of clusters K must be at least 2, got {k}")
-    if k > len(dataset):
-        raise UserError(f"K={k} clusters is more than the {len(dataset)} samples of {dataset.name!r}")
-    return int(k)
-
-
-def pixel_features(dataset: ArrayDataset) -> np.ndarray:
-    """Raw pixels scaled to [0, 1] and flattened: N×(C·H·W) float32."""
-    return np.asarray(dataset.images, dtype=np.float32).reshape(len(dataset), -1) / 255.0
-
-
-def run_features(cfg: DictConfig, dataset: ArrayDataset, console: Console) -> np.ndarray:
-    """The backbone features of every image under the trained run ``cfg.kmeans.features`` (same data)."""
-    # local: both import the method registry, which imports this module
-    from deepclust.engine.trainer import fabric_settings
-    from deepclust.methods.pretrained import load_pretrained_method
-
-    method = load_pretrained_method(
-        str(cfg.kmeans.features),
-        cfg.data,
-        dataset.image_shape,
-        None,
-        setting="kmeans.features",
-        purpose="its features are those of other images",
-    )
-    settings = fabric_settings(cfg)  # the training loop's reading of --device, with its errors
-    devices = settings["devices"]
-    index = devices[0] if isinstance(devices, list) else 0
-    device = torch.device("cuda", index) if settings["accelerator"] == "cuda" else torch.device("cpu")
-    with console.status(f"extracting the features of {cfg.kmeans.features} on {device}"):
-        return extract(method.to(device), dataset, device)["features"]
-
-
-def run_kmeans(cfg: DictConfig, run_dir: RunDir, console: Console | None = None) -> dict[str, Any]:
-    """Cluster ``cfg.data`` with k-means, write the run directory and return what ``metrics.json`` holds."""
-    console = console or Console(stderr=True)
-    console.print(f"loading [bold]{cfg.data.name}[/] (split {cfg.data.split})")
-    dataset = load_dataset(
-        cfg.data.name,
-        cfg.data.split,
-        cfg.data.root,
-        image_size=cfg.data.image_size,
-        folder_labels=cfg.data.folder_labels,
-    )
-    k = resolve_num_clusters(cfg, dataset)
-    if cfg.kmeans.features == "pixels":
-        features, source = pixel_features(dataset), "pixel"
-    else:
-        features, source = run_features(cfg, dataset, console), "learned"
-    console.print(
-        f"k-means: {len(dataset):,} images, {features.shape[1]} {source} features, K={k}, "
-        f"{cfg.kmeans.n_init} initialisations, backend {cfg.kmeans.backend}"
-        + (", L2-normalised" if cfg.kmeans.normalize else "")
-    )
-    console.print(f"run directory: [bold]{run_dir.path}[/]")  # once the run has what it needs to start
-    run_dir.log("start", method="kmeans", dataset=dataset.name, samples=len(dataset), num_clusters=k)
-    started = time.perf_counter()
-    with console.status("running k-means"):
-        result = kmeans(
-            features,
-            k,
-            n_init=cfg.kmeans.n_init,
-            max_iter=cfg.kmeans.max_iter,
-            seed=cfg.seed,
-            backend=cfg.kmeans.backend,
-            normalize=cfg.kmeans.normalize,
-        )
-    seconds = time.perf_counter() - started
-    readout: dict[str, float] = {"inertia": float(result.inertia)}
-    if dataset.labels is not None:
-        readout = {**evaluate_clustering(dataset.labels, result.labels), **readout}
-    run_dir.write_assignments({"kmeans": result.labels}, "kmeans", ids=dataset.ids, labels=dataset.labels)
-    metrics = {"kmeans": readout}
-    run_dir.write_metrics(metrics, "kmeans", backend=result.backend, seconds=round(seconds, 3))
-    run_dir.log("eval", readouts=metrics, backend=result.backend, seconds=round(seconds, 3))
-    return run_dir.read_metrics()

@@ -31,18 +31,17 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
-from deepclust.config import check_ranges
 from deepclust.data import ArrayDataset
 from deepclust.distributed import all_gather_with_grad, broadcast_
-from deepclust.errors import ConfigError
 from deepclust.evaluation.kmeans import kmeans
 from deepclust.evaluation.metrics import evaluate_clustering
 from deepclust.evaluation.readout import extract
 from deepclust.losses import byol_loss, prototype_scattering_loss
-from deepclust.methods.base import TrainingProgress
+from deepclust.methods.base import Batch, TrainingProgress
 from deepclust.methods.byol import BYOL, BYOLConfig
 from deepclust.methods.common import readout_outputs
 from deepclust.models.ema import ema_update_
+from deepclust.validation import check_choice, check_ranges
 
 MOMENTUM_SCHEDULES = ("constant", "cosine")
 
@@ -79,16 +78,11 @@ class ProPos(BYOL):
     """BYOL + latent-noise alignment + prototype scattering over per-epoch k-means pseudo-labels."""
 
     Config: ClassVar[type | None] = ProPosConfig
-    uses_indices: ClassVar[bool] = True
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
         p = self.params
-        if p.momentum_schedule not in MOMENTUM_SCHEDULES:
-            choices = ", ".join(MOMENTUM_SCHEDULES)
-            raise ConfigError(
-                f"params.momentum_schedule must be one of {choices}; got {p.momentum_schedule!r}"
-            )
+        check_choice("params.momentum_schedule", p.momentum_schedule, MOMENTUM_SCHEDULES)
         # BYOL's __init__ has checked the head sizes and the momentum
         check_ranges(
             p,
@@ -141,9 +135,9 @@ class ProPos(BYOL):
             stats["pseudo_label_acc"] = round(evaluate_clustering(dataset.labels, labels)["acc"], 4)
         return stats
 
-    def forward(self, images: Tensor, indices: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
         """``L_PSA + λ L_PSL`` over both view orders (plain BYOL during the warm-up)."""
-        view_a, view_b = self.views(images)[:2]
+        view_a, view_b = self.views(batch.images)[:2]
         proj_a = self.projector(self.backbone(view_a))
         proj_b = self.projector(self.backbone(view_b))
         with torch.no_grad():
@@ -157,8 +151,7 @@ class ProPos(BYOL):
         losses = {"alignment": alignment}
         loss = alignment
         if clustering:
-            if indices is None:
-                raise RuntimeError("ProPos needs the batch's dataset indices: the loop must pass indices")
+            indices = batch.require_indices("ProPos")
             labels = all_gather_with_grad(self._batch_labels(indices, proj_a.device))
             online_a, online_b = (all_gather_with_grad(F.normalize(z, dim=1)) for z in (proj_a, proj_b))
             target_a, target_b = (all_gather_with_grad(F.normalize(z, dim=1)) for z in (target_a, target_b))

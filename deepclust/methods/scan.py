@@ -9,14 +9,14 @@ mined once, by cosine similarity of that backbone's features (or of the centred 
 
 where ``Φ`` is a linear cluster head with a softmax on the backbone features, trained together with the
 backbone. The read-out is the argmax of ``Φ``. With ``params.num_heads > 1`` (the authors' code trains ten),
-every head gets its own ``Λ``, their sum is minimised, and the head with the lowest running ``Λ`` is read out.
+every head gets its own ``Λ``, their sum is minimised, and the head with the lowest running ``Λ`` is read out
+(:class:`~deepclust.models.MultiHead`).
 See docs/methods/scan.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,22 +24,16 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from deepclust.config import check_ranges
 from deepclust.data import ArrayDataset
-from deepclust.engine.checkpoint import load_checkpoint
-from deepclust.engine.run_dir import RunDir
-from deepclust.errors import ConfigError, UserError
+from deepclust.errors import ConfigError, UserError, first_mismatch
 from deepclust.evaluation.neighbours import nearest_neighbours, neighbour_accuracy
 from deepclust.evaluation.readout import extract
 from deepclust.losses import cluster_entropy, neighbour_consistency
-from deepclust.methods.common import (
-    BackboneMethod,
-    at_head,
-    first_mismatch,
-    lowest_running_loss,
-    running_head_losses,
-    update_running_losses,
-)
+from deepclust.methods.base import Batch, Method
+from deepclust.methods.common import BackboneMethod
+from deepclust.models import MultiHead
+from deepclust.models.heads import at_head
+from deepclust.validation import check_choice, check_ranges
 
 NEIGHBOUR_SPACES = ("features", "pixels")
 
@@ -70,35 +64,6 @@ class SCANConfig:
     head_loss_momentum: float = 0.99
 
 
-def load_pretrained_backbone(backbone: nn.Module, source: str | Path) -> Path:
-    """Copy the ``backbone.*`` weights of a run directory's last checkpoint (or a checkpoint file) into
-    ``backbone``; returns the checkpoint's path. A missing file or a different architecture is a user error."""
-    path = Path(source)
-    if path.is_dir():
-        path = RunDir(path).last_checkpoint
-    if not path.is_file():
-        raise UserError(f"params.pretrained: no checkpoint at {path}")
-    weights = load_checkpoint(path).get("method")
-    if not isinstance(weights, dict):
-        weights = {}  # a readable file that is not a deepclust checkpoint: no backbone weights, said below
-    prefix = "backbone."
-    state = {
-        key[len(prefix) :]: value
-        for key, value in weights.items()
-        if isinstance(key, str) and key.startswith(prefix)
-    }
-    if not state:
-        raise UserError(f"params.pretrained: {path} has no backbone weights")
-    try:
-        backbone.load_state_dict(state)
-    except RuntimeError as err:
-        raise UserError(
-            f"params.pretrained: the backbone in {path} does not match this run's model.* settings "
-            f"({first_mismatch(err)})"
-        ) from None
-    return path
-
-
 class SCAN(BackboneMethod):
     """SCAN's clustering step: a pretrained backbone, a linear cluster head, neighbour consistency + entropy."""
 
@@ -115,38 +80,41 @@ class SCAN(BackboneMethod):
     }
     primary_readout: ClassVar[str] = "head"
     min_views: ClassVar[int] = 1
+    pretrained_setting: ClassVar[str | None] = "params.pretrained"
+    tiny_settings: ClassVar[tuple[str, ...] | None] = ("params.num_neighbours=5",)
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
         p = self.params
-        if p.neighbour_space not in NEIGHBOUR_SPACES:
-            choices = ", ".join(NEIGHBOUR_SPACES)
-            raise ConfigError(f"params.neighbour_space must be one of {choices}; got {p.neighbour_space!r}")
+        check_choice("params.neighbour_space", p.neighbour_space, NEIGHBOUR_SPACES)
         check_ranges(p, "params.", at_least_one=("num_neighbours",), non_negative=("entropy_weight",))
         if p.pretrained is None and p.neighbour_space == "features":
             raise ConfigError(
                 "SCAN mines neighbours with a pretrained backbone: set params.pretrained=RUN_DIR "
                 "(a finished simclr/byol/swav/cc run), or params.neighbour_space=pixels"
             )
-        head_losses = running_head_losses(p.num_heads, p.head_loss_momentum)
-        if p.pretrained is not None:
-            load_pretrained_backbone(self.backbone, p.pretrained)
-        self.cluster_heads = nn.ModuleList(
-            nn.Linear(self.feature_dim, num_clusters) for _ in range(p.num_heads)
+        # Φ, params.num_heads linear heads; the one with the lowest running Λ is read out
+        self.cluster_heads = MultiHead(
+            lambda: nn.Linear(self.feature_dim, num_clusters), p.num_heads, p.head_loss_momentum
         )
-        # each head's running Λ (NaN until its first step); the lowest one is read out
-        self.register_buffer("head_losses", head_losses)
         # N×K mined neighbour indices, kept on the CPU for the data thread; saved through get_extra_state
         self.neighbours = torch.empty(0, p.num_neighbours, dtype=torch.int64)
 
-    @property
-    def best_head(self) -> int:
-        """Index of the head that is read out."""
-        return int(lowest_running_loss(self.head_losses))
+    def start_from(self, pretrained: Method, source: str) -> None:
+        """Copy the pretext model's backbone weights (SCAN Sec. 2.2 starts from them)."""
+        weights = getattr(pretrained, "backbone", None)
+        if not isinstance(weights, nn.Module):
+            raise UserError(f"{source}: the {pretrained.cfg.method} run has no backbone to start from")
+        try:
+            self.backbone.load_state_dict(weights.state_dict())
+        except RuntimeError as err:
+            raise UserError(
+                f"{source}: its backbone does not match this run's model.* settings ({first_mismatch(err)})"
+            ) from None
 
     def cluster_probs(self, features: Tensor) -> Tensor:
         """``Φ(X) = softmax(W h + b)`` of the read-out head, N×K in float32."""
-        return self.cluster_heads[self.best_head](features).float().softmax(dim=1)
+        return self.cluster_heads.readout(features).float().softmax(dim=1)
 
     def prepare_training(self, dataset: ArrayDataset, device: torch.device) -> dict[str, Any]:
         """Mine every sample's neighbours (SCAN Sec. 2.1) once, before the first step."""
@@ -172,12 +140,11 @@ class SCAN(BackboneMethod):
         choice = torch.randint(self.neighbours.shape[1], (len(indices),), generator=generator)
         return self.neighbours[indices, choice]
 
-    def forward(self, images: Tensor, companions: Tensor | None = None) -> dict[str, Tensor]:
-        """``Λ`` of SCAN Eq. 2 on a batch of anchors and one neighbour of each (``companions``)."""
-        if companions is None:
-            raise RuntimeError("SCAN trains on anchors and their neighbours: the loop must pass companions")
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        """``Λ`` of SCAN Eq. 2 on a batch of anchors and one neighbour of each (``batch.companions``)."""
+        companions = batch.require_companions("SCAN")
         # one augmented view each; anchors and neighbours go through the backbone as one batch
-        view = self.prepare(self.augmenter.view(torch.cat([images, companions])))
+        view = self.prepare(self.augmenter.view(torch.cat([batch.images, companions])))
         features = self.backbone(view)
         consistencies, entropies = [], []
         for head in self.cluster_heads:
@@ -186,8 +153,7 @@ class SCAN(BackboneMethod):
             entropies.append(cluster_entropy(p_anchor, gather=self.gather))
         consistency, entropy = torch.stack(consistencies), torch.stack(entropies)
         head_losses = consistency - self.params.entropy_weight * entropy
-        update_running_losses(self.head_losses, head_losses, self.params.head_loss_momentum)
-        best = lowest_running_loss(self.head_losses)
+        best = self.cluster_heads.update(head_losses)
         return {
             "loss": head_losses.sum(),
             "consistency": at_head(consistency, best),

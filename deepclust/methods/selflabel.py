@@ -21,10 +21,11 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from deepclust.errors import ConfigError, UserError
+from deepclust.evaluation.readout import HEAD
 from deepclust.losses.self_label import confident_self_label_loss, top_per_cluster_self_label_loss
-from deepclust.methods.base import Method, TrainingProgress
+from deepclust.methods.base import Batch, Method, TrainingProgress
 from deepclust.methods.common import BackboneMethod, build_augmenter, readout_outputs
-from deepclust.methods.pretrained import load_pretrained_method
+from deepclust.validation import check_choice
 
 
 @dataclass
@@ -60,7 +61,7 @@ def has_cluster_head(method: Method, image_shape: tuple[int, int, int]) -> bool:
     was_training = method.training
     method.eval()
     try:
-        return "probs" in method.readout(torch.zeros(1, *image_shape, dtype=torch.uint8))
+        return HEAD in method.readout(torch.zeros(1, *image_shape, dtype=torch.uint8))
     finally:
         method.train(was_training)
 
@@ -74,12 +75,17 @@ class SelfLabel(Method):
         "optim": {"name": "adam", "lr": 1e-4, "weight_decay": 1e-4, "schedule": "constant"},
     }
     primary_readout: ClassVar[str] = "head"
+    pretrained_setting: ClassVar[str | None] = "params.pretrained"
+    tiny_settings: ClassVar[tuple[str, ...] | None] = ("params.threshold=0.1",)
+    pretrained_on_same_data: ClassVar[bool] = True
+    pretrained_purpose: ClassVar[str] = "self-labelling fine-tunes a clustering of the same data"
+    #: the pretrained method being fine-tuned (set by :meth:`start_from`)
+    model: BackboneMethod
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
         p = self.params
-        if p.selection not in SELECTIONS:
-            raise ConfigError(f"params.selection must be one of {', '.join(SELECTIONS)}; got {p.selection!r}")
+        check_choice("params.selection", p.selection, SELECTIONS)
         # A threshold of 0 keeps everything, which only the per-cluster selection can still balance.
         if not (0.0 <= p.threshold < 1.0 and (p.threshold > 0.0 or p.selection == "top_per_cluster")):
             raise ConfigError(f"params.threshold must be between 0 and 1, got {p.threshold}")
@@ -92,40 +98,44 @@ class SelfLabel(Method):
                 "self-labelling fine-tunes a finished clustering run: set params.pretrained=RUN_DIR "
                 "(a cc, scan or swav run with K prototypes)"
             )
-        model = load_pretrained_method(self.params.pretrained, cfg.data, image_shape, num_clusters)
-        if not isinstance(model, BackboneMethod) or not has_cluster_head(model, image_shape):
-            raise UserError(
-                f"params.pretrained: the {model.cfg.method} run in {self.params.pretrained} has no cluster head "
-                "to self-label (use cc, scan, or swav with K prototypes)"
-            )
-        self.model = model
         self.keeps_objective = p.keep_objective > 0.0
         self.augmenter = build_augmenter(cfg, image_shape)
-        if self.augmenter.image_size != model.augmenter.image_size:
-            raise ConfigError(
-                f"the pretrained run sees {model.augmenter.image_size} px views and this one "
-                f"{self.augmenter.image_size} px: set augment.image_size={model.augmenter.image_size}"
+
+    def start_from(self, pretrained: Method, source: str) -> None:
+        """Fine-tune ``pretrained``, which must have a cluster head."""
+        if not isinstance(pretrained, BackboneMethod) or not has_cluster_head(pretrained, self.image_shape):
+            raise UserError(
+                f"{source}: the {pretrained.cfg.method} run has no cluster head to self-label "
+                "(use cc, scan, or swav with K prototypes)"
             )
+        if self.augmenter.image_size != pretrained.augmenter.image_size:
+            raise ConfigError(
+                f"the pretrained run sees {pretrained.augmenter.image_size} px views and this one "
+                f"{self.augmenter.image_size} px: set augment.image_size={pretrained.augmenter.image_size}"
+            )
+        self.model = pretrained
 
     def _probs(self, view: Tensor) -> Tensor:
-        return self.model.cluster_probs(self.model.backbone(self.model.prepare(view)))
+        probs = self.model.cluster_probs(self.model.backbone(self.model.prepare(view)))
+        assert probs is not None  # start_from accepted only a model with a cluster head
+        return probs
 
     def companion_indices(self, indices: Tensor, generator: torch.Generator) -> Tensor | None:
         """The kept objective's companions (SCAN's neighbours), when the pretrained method's loss is kept."""
         return self.model.companion_indices(indices, generator) if self.keeps_objective else None
 
-    def on_before_optimizer_step(self, step: int) -> None:
+    def on_before_optimizer_step(self, progress: TrainingProgress) -> None:
         if self.keeps_objective:
-            self.model.on_before_optimizer_step(step)
+            self.model.on_before_optimizer_step(progress)
 
     def on_after_optimizer_step(self, progress: TrainingProgress) -> None:
         if self.keeps_objective:
             self.model.on_after_optimizer_step(progress)
 
-    def forward(self, images: Tensor, companions: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Cross-entropy of an augmented view against the selected predictions on the evaluation view, plus
         ``keep_objective`` times the pretrained method's own loss."""
-        p = self.params
+        p, images = self.params, batch.images
         with torch.no_grad():
             p_weak = self._probs(self.augmenter.eval_view(images))
         p_strong = self._probs(self.augmenter.view(images))
@@ -137,7 +147,7 @@ class SelfLabel(Method):
             label_loss, share = confident_self_label_loss(p_weak, p_strong, p.threshold, balanced=p.balanced)
         losses = {"loss": label_loss, "self_label": label_loss, "confident_share": share}
         if self.keeps_objective:
-            kept = self.model(images) if companions is None else self.model(images, companions)
+            kept = self.model(batch)
             losses["loss"] = label_loss + p.keep_objective * kept["loss"]
             losses.update({f"{self.model.cfg.method}_{name}": value for name, value in kept.items()})
         return losses

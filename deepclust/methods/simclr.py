@@ -14,10 +14,11 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from deepclust.config import check_ranges
 from deepclust.losses import nt_xent
+from deepclust.methods.base import Batch
 from deepclust.methods.common import BackboneMethod
 from deepclust.models import mlp
+from deepclust.validation import check_ranges
 
 
 @dataclass
@@ -41,6 +42,7 @@ class SimCLR(BackboneMethod):
     Config: ClassVar[type | None] = SimCLRConfig
     DEFAULTS: ClassVar[dict[str, Any]] = {"augment": {"pipeline": "simclr"}}
     primary_readout: ClassVar[str] = "kmeans"
+    tiny_settings: ClassVar[tuple[str, ...] | None] = ("params.projection_dim=8", "params.hidden_dim=16")
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
@@ -52,9 +54,9 @@ class SimCLR(BackboneMethod):
             self.feature_dim, hidden, self.params.projection_dim, num_layers=2, batch_norm=True
         )
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
         """NT-Xent (Chen et al. 2020, Eq. 1) between the projections of the first two views."""
-        view_a, view_b = self.views(images)[:2]
+        view_a, view_b = self.views(batch.images)[:2]
         z = self.projector(self.backbone(torch.cat([view_a, view_b])))
         z_a, z_b = z.chunk(2)
         loss = nt_xent(z_a, z_b, self.params.temperature, gather=self.gather)

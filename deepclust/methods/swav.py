@@ -5,7 +5,7 @@ unit-norm prototypes ``C``; codes ``Q = Sinkhorn(scores / ε)`` (3 iterations, e
 and, optionally, a queue of earlier embeddings); loss: each assignment view's codes are predicted from the
 softmax of every other view's scores at temperature τ, multi-crop's small views included
 (``augment.small_crops``, 6 in the ``swav`` pipeline). Prototype gradients are dropped for the first
-``freeze_prototypes_steps`` steps and the prototypes are renormalised after every step. See
+``freeze_prototypes_epochs`` epochs and the prototypes are renormalised after every step. See
 docs/methods/swav.md.
 """
 
@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
-from deepclust.config import check_ranges
 from deepclust.distributed import world_size
 from deepclust.errors import ConfigError
 from deepclust.losses import sinkhorn, swav_loss
-from deepclust.methods.base import TrainingProgress
+from deepclust.methods.base import Batch, TrainingProgress
 from deepclust.methods.common import BackboneMethod
 from deepclust.models import Prototypes, mlp
+from deepclust.validation import check_ranges
 
 # Codes are computed for the first two views, SwAV's ``crops_for_assign = [0, 1]``.
 ASSIGN_VIEWS = 2
@@ -45,9 +45,8 @@ class SwAVConfig:
         temperature: τ of the softmax over prototype scores (paper: 0.1).
         epsilon: ε of the Sinkhorn entropic regularisation (paper: 0.05).
         sinkhorn_iterations: Sinkhorn-Knopp iterations (paper: 3).
-        freeze_prototypes_steps: optimiser steps during which the prototypes get no update (paper: one epoch;
-            313 steps at batch 4096 on ImageNet, 5005 at batch 256). The default is one epoch of Fashion-MNIST
-            (70,000 images) at batch 256.
+        freeze_prototypes_epochs: epochs during which the prototypes get no update (paper: the first epoch,
+            313 steps at batch 4096 on ImageNet); counted in the loop's steps per epoch.
         queue_length: number of earlier embeddings per assignment view added to the Sinkhorn batch, over all
             processes; 0 = no queue (paper code: 3840 at batch 256).
         queue_start_epoch: epoch from which the queue is filled; it is used once full (paper code: 15). An
@@ -61,7 +60,7 @@ class SwAVConfig:
     temperature: float = 0.1
     epsilon: float = 0.05
     sinkhorn_iterations: int = 3
-    freeze_prototypes_steps: int = 273
+    freeze_prototypes_epochs: float = 1.0
     queue_length: int = 0
     queue_start_epoch: float = 15.0
 
@@ -74,6 +73,7 @@ class SwAV(BackboneMethod):
     #: "head" when there are K prototypes (the default); an instance with another count reads out k-means.
     primary_readout: ClassVar[str] = "head"
     multi_crop: ClassVar[bool] = True
+    tiny_settings: ClassVar[tuple[str, ...] | None] = ("params.projection_dim=8", "params.hidden_dim=16")
 
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int], num_clusters: int) -> None:
         super().__init__(cfg, image_shape, num_clusters)
@@ -83,7 +83,7 @@ class SwAV(BackboneMethod):
             "params.",
             positive=("epsilon", "temperature"),
             at_least_one=("projection_dim", "hidden_dim", "sinkhorn_iterations"),
-            non_negative=("freeze_prototypes_steps", "queue_start_epoch"),
+            non_negative=("freeze_prototypes_epochs", "queue_start_epoch"),
         )
         if p.queue_length < 0:
             raise ConfigError(f"params.queue_length must be 0 (no queue) or positive, got {p.queue_length}")
@@ -143,9 +143,9 @@ class SwAV(BackboneMethod):
         features = torch.cat([self.backbone(torch.cat(group)) for group in groups])
         return F.normalize(self.projector(features), dim=1)
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
         """SwAV's swapped-prediction loss (Caron et al. 2020, Eq. 1 and 2, with multi-crop) over all views."""
-        views = self.views(images)
+        views = self.views(batch.images)
         batch = views[0].shape[0]
         z = self.embed(views)
         # Scores in fp32 outside autocast: Sinkhorn's exp(s/ε) overflows fp16 and bf16 cosines are too coarse
@@ -160,9 +160,9 @@ class SwAV(BackboneMethod):
         loss = swav_loss(list(scores.chunk(len(views))), codes, self.params.temperature)
         return {"loss": loss, "swav": loss}
 
-    def on_before_optimizer_step(self, step: int) -> None:
+    def on_before_optimizer_step(self, progress: TrainingProgress) -> None:
         """Drop the prototypes' gradients while they are frozen (no update, no weight decay)."""
-        if step < self.params.freeze_prototypes_steps:
+        if progress.step < round(self.params.freeze_prototypes_epochs * progress.steps_per_epoch):
             for param in self.prototypes.parameters():
                 param.grad = None
 

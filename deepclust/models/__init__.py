@@ -16,7 +16,7 @@ from deepclust.models.backbones import (
     build_backbone,
     small_cnn_strides,
 )
-from deepclust.models.heads import ClusterHead, Prototypes, mlp, stacked_cluster_probs
+from deepclust.models.heads import ClusterHead, MultiHead, Prototypes, mlp
 
 __all__ = [
     "BACKBONES",
@@ -24,11 +24,11 @@ __all__ = [
     "Backbone",
     "ClusterHead",
     "ModelConfig",
+    "MultiHead",
     "Prototypes",
     "SmallCNN",
     "Sobel",
     "build_backbone",
     "mlp",
     "small_cnn_strides",
-    "stacked_cluster_probs",
 ]

@@ -27,6 +27,7 @@ import torchvision
 from torch import Tensor, nn
 
 from deepclust.errors import ConfigError
+from deepclust.validation import check_choice
 
 BACKBONES: tuple[str, ...] = ("small_cnn", "resnet18", "resnet34", "resnet50")
 STEMS: tuple[str, ...] = ("cifar", "imagenet")
@@ -119,7 +120,7 @@ def small_cnn_strides(image_size: int) -> list[int]:
     fewer than three layers go on halving down to 2 px, then get stride-1 layers in front (28 px:
     ``[2, 2, 2]``; 8 px: ``[1, 2, 2]``; 96 px: five stride-2 layers). Stride-1 layers at full resolution
     are the expensive ones: ``[1, 1, 2]`` at 8 px took 3× longer than ``[1, 2, 2]``."""
-    side, strides = image_size, []
+    side, strides = image_size, list[int]()
     while side > SMALL_CNN_MIN_SIDE or (side > 2 and len(strides) < SMALL_CNN_MIN_LAYERS):
         side = math.ceil(side / 2)
         strides.append(2)
@@ -195,10 +196,8 @@ def build_backbone(cfg: ModelConfig, in_channels: int, image_size: int) -> Backb
     ``cfg`` may be a :class:`ModelConfig` or the ``model`` section of a run's OmegaConf configuration. Unknown
     names and non-positive sizes raise :class:`~deepclust.errors.ConfigError`.
     """
-    if cfg.backbone not in BACKBONES:
-        raise ConfigError(f"model.backbone must be one of {', '.join(BACKBONES)}; got {cfg.backbone!r}")
-    if cfg.stem not in STEMS:
-        raise ConfigError(f"model.stem must be one of {', '.join(STEMS)}; got {cfg.stem!r}")
+    check_choice("model.backbone", cfg.backbone, BACKBONES)
+    check_choice("model.stem", cfg.stem, STEMS)
     if cfg.width < 1:
         raise ConfigError(f"model.width must be a positive number of channels, got {cfg.width}")
     if in_channels < 1 or image_size < 1:
@@ -221,9 +220,9 @@ def build_backbone(cfg: ModelConfig, in_channels: int, image_size: int) -> Backb
 
 def _explicit_layers(layers: list[list[int]]) -> list[tuple[int, int]]:
     """``model.layers`` checked: a non-empty list of ``[out_channels ≥ 1, stride ∈ {1, 2}]`` pairs."""
-    pairs = [tuple(layer) for layer in layers]
-    if not pairs or any(len(pair) != 2 or pair[0] < 1 or pair[1] not in (1, 2) for pair in pairs):
+    given = [tuple(layer) for layer in layers]
+    if not given or any(len(pair) != 2 or pair[0] < 1 or pair[1] not in (1, 2) for pair in given):
         raise ConfigError(
             f"model.layers must be [out_channels, stride] pairs with stride 1 or 2; got {list(layers)}"
         )
-    return pairs
+    return [(int(channels), int(stride)) for channels, stride in given]

@@ -1,13 +1,15 @@
-"""Heads on top of the backbone features: MLP projectors/predictors, SwAV prototypes, CC's cluster head."""
+"""Heads on top of the backbone features: MLP projectors/predictors, SwAV prototypes, CC's cluster head, and
+several heads side by side with the choice of the one read out (:class:`MultiHead`, CC's and SCAN's)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deepclust.distributed import all_reduce_sum, world_size
 from deepclust.errors import ConfigError
 
 
@@ -57,7 +59,7 @@ class Prototypes(nn.Module):
         self.normalize_()
 
     @property
-    def weight(self) -> nn.Parameter:
+    def weight(self) -> Tensor:
         """The K×dim prototype matrix."""
         return self.linear.weight
 
@@ -94,16 +96,16 @@ class ClusterHead(nn.Module):
         return torch.softmax(self.logits(h).float(), dim=1)
 
 
-def stacked_cluster_probs(heads: Sequence[ClusterHead], *features: Tensor) -> tuple[Tensor, ...]:
-    """For each N×d ``features`` (e.g. the two views), H×N×K: every head's ``head(h)`` at once, the same values
-    up to float rounding.
+def _stacked_outputs(heads: Sequence[nn.Module], *features: Tensor) -> tuple[Tensor, ...]:
+    """For each N×d ``features`` (e.g. the two views), H×N×K: every head's ``head(h)``; for CC's plain
+    :class:`ClusterHead` (``Linear → ReLU → Linear → softmax``) all at once, the same values up to float rounding.
 
     The heads' weights are stacked once and each layer becomes one batched matrix product, so H heads cost a
     fixed number of operations instead of H times a head's. On a GPU the step is bound by the host's
     per-operation cost (benchmarks/RESULTS.md), and CC's five heads tripled the operations of a small-CNN step.
-    Heads with BatchNorm are called one by one.
+    Other heads (heads with BatchNorm, linear heads) are called one by one.
     """
-    layers = [list(head.net) for head in heads]
+    layers = [list(head.net) if isinstance(head, ClusterHead) else [] for head in heads]
     plain = all(
         len(net) == 3
         and isinstance(net[0], nn.Linear)
@@ -127,3 +129,77 @@ def stacked_cluster_probs(heads: Sequence[ClusterHead], *features: Tensor) -> tu
         x = torch.baddbmm(bias_2, torch.relu(torch.baddbmm(bias_1, x, weight_1)), weight_2)
         probs.append(torch.softmax(x.float(), dim=-1))
     return tuple(probs)
+
+
+def lowest_running_loss(running: Tensor) -> Tensor:
+    """1-element index of the head with the lowest running loss (head 0 before any step: NaN reads as ∞), on
+    the buffer's device, so that a training step can use it without waiting for the device."""
+    return torch.nan_to_num(running, nan=float("inf")).argmin().view(1)
+
+
+def at_head(values: Tensor, head: Tensor) -> Tensor:
+    """``values[head]`` for a 1-element index on the device: ``index_select`` reads the index on the device
+    (a Python-style ``values[head]`` may copy it to the host first, which waits for the GPU)."""
+    return values.index_select(0, head).squeeze(0)
+
+
+class MultiHead(nn.Module):
+    """``num_heads`` heads side by side on the same input, and the one that is read out: the head with the lowest
+    running loss, an exponential average of each head's training loss (as SCAN's code and IIC's sub-heads pick
+    a head, without labels). CC's MLP cluster heads and SCAN's linear ones both fit.
+
+    ``make_head`` builds each head, head 0 first (so the heads draw their initial weights in that order). The
+    running losses are a buffer, NaN until the first :meth:`update`, and with several heads part of the state
+    dict, so the choice is saved with the model (a single head has nothing to choose).
+    ``params.num_heads`` and ``params.head_loss_momentum`` are checked here (a :class:`ConfigError`).
+    """
+
+    running_losses: Tensor
+
+    def __init__(self, make_head: Callable[[], nn.Module], num_heads: int, momentum: float) -> None:
+        super().__init__()
+        if num_heads < 1:
+            raise ConfigError(f"params.num_heads must be at least 1, got {num_heads}")
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"params.head_loss_momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.heads = nn.ModuleList(make_head() for _ in range(num_heads))
+        losses = torch.full((num_heads,), float("nan"))
+        self.register_buffer("running_losses", losses, persistent=num_heads > 1)
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return iter(self.heads)
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return self.heads[index]
+
+    @property
+    def best(self) -> int:
+        """Index of the head that is read out: the one with the lowest running loss (reads it on the host)."""
+        return int(lowest_running_loss(self.running_losses)) if len(self.heads) > 1 else 0
+
+    @torch.no_grad()
+    def update(self, losses: Tensor) -> Tensor:
+        """Fold this step's per-head ``losses`` (H values) into the running losses and return the 1-element
+        index of the lowest one, on the device (no wait for it).
+
+        The losses are first averaged over processes, so that every process reads out the same head; the
+        average over steps then starts from the first step's losses (NaN means "no step yet")."""
+        losses = all_reduce_sum(losses.detach().clone()) / world_size()
+        running, momentum = self.running_losses, self.momentum
+        running.copy_(torch.where(torch.isnan(running), losses, momentum * running + (1 - momentum) * losses))
+        return lowest_running_loss(running)
+
+    def readout(self, *inputs: Tensor) -> Tensor:
+        """The output of the read-out head (:attr:`best`)."""
+        return self.heads[self.best](*inputs)
+
+    def forward(self, *features: Tensor) -> tuple[Tensor, ...]:
+        """For each N×d ``features``: every head's output, H×N×K, computed in one batched pass for CC's plain
+        cluster heads; with a single head, that head's own N×K output (the plain call)."""
+        if len(self.heads) == 1:
+            return tuple(self.heads[0](h) for h in features)
+        return _stacked_outputs(list(self.heads), *features)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from deepclust.data import ArrayDataset
+from deepclust.data.datasets import ArrayDataset
 
 
 def _fetch(dataset: ArrayDataset, indices: Tensor, pin: bool) -> tuple[Tensor, Tensor]:

@@ -50,7 +50,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def rng_state() -> dict[str, Any]:
     """Every random source, in a form ``weights_only`` loading accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
