@@ -2,6 +2,14 @@
 
 from deepclust.losses.byol import byol_loss
 from deepclust.losses.cluster_contrast import cc_entropy_term, cluster_contrastive_loss, cluster_entropy
+from deepclust.losses.dec import (
+    anchor_loss,
+    cluster_frequencies,
+    dec_target,
+    jensen_shannon,
+    kl_divergence,
+    student_t_assignment,
+)
 from deepclust.losses.nearest_neighbour import nearest_neighbour_contrast
 from deepclust.losses.nt_xent import NTXentLoss, nt_xent
 from deepclust.losses.prototype_scattering import cluster_prototypes, prototype_scattering_loss
@@ -12,17 +20,23 @@ from deepclust.losses.swav import swav_loss
 
 __all__ = [
     "NTXentLoss",
+    "anchor_loss",
     "byol_loss",
     "cc_entropy_term",
     "cluster_contrastive_loss",
     "cluster_entropy",
+    "cluster_frequencies",
     "cluster_prototypes",
     "confident_self_label_loss",
+    "dec_target",
+    "jensen_shannon",
+    "kl_divergence",
     "nearest_neighbour_contrast",
     "neighbour_consistency",
     "nt_xent",
     "prototype_scattering_loss",
     "sinkhorn",
+    "student_t_assignment",
     "swav_loss",
     "top_per_cluster_self_label_loss",
 ]

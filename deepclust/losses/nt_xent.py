@@ -9,12 +9,15 @@ from torch import Tensor, nn
 from deepclust.distributed import all_gather_with_grad, rank
 
 
-def two_view_contrast(anchors: Tensor, keys: Tensor, offset: int, temperature: float) -> Tensor:
+def two_view_contrast(
+    anchors: Tensor, keys: Tensor, offset: int, temperature: float, include_self: bool = False
+) -> Tensor:
     """Mean cross-entropy of 2n unit anchors ``[view a; view b]`` against unit ``keys`` (NT-Xent's core).
 
     ``keys`` holds the anchors themselves at rows ``offset … offset + 2n − 1`` (the whole key set when it is
     just the anchors, this rank's block when the keys were gathered). Anchor i's own key is masked out and its
     positive is the other view of the same item, key ``offset + (i + n) mod 2n``; every other key is a negative.
+    With ``include_self`` the anchor's own key stays in the denominator (the SIC paper's printed Eq. 1).
     No mask depends on a fixed batch size, so any n works, including a smaller last batch.
 
     Leading dimensions (``…×2n×D`` anchors and ``…×M×D`` keys) are independent problems, one loss each.
@@ -23,7 +26,8 @@ def two_view_contrast(anchors: Tensor, keys: Tensor, offset: int, temperature: f
     # scaling the 2n×D anchors is cheaper than scaling the 2n×2M logits
     logits = (anchors / temperature) @ keys.mT
     # anchor i sits at key offset + i: that diagonal of the logits is the self-similarity (in place, no mask)
-    logits.diagonal(offset, dim1=-2, dim2=-1).fill_(float("-inf"))
+    if not include_self:
+        logits.diagonal(offset, dim1=-2, dim2=-1).fill_(float("-inf"))
     index = torch.arange(views, device=anchors.device)
     positive = offset + (index + views // 2) % views
     if logits.dim() == 2:
@@ -33,7 +37,9 @@ def two_view_contrast(anchors: Tensor, keys: Tensor, offset: int, temperature: f
     return rows.view(*problems, views).mean(dim=-1)
 
 
-def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float = 0.5, gather: bool = False) -> Tensor:
+def nt_xent(
+    z_a: Tensor, z_b: Tensor, temperature: float = 0.5, gather: bool = False, include_self: bool = False
+) -> Tensor:
     """SimCLR's NT-Xent (Chen et al. 2020, Eq. 1; CC's instance loss, Li et al. 2021, Eq. 2–3).
 
     For each of the 2N anchors i (both views of every sample) with positive j(i), the other view of the same
@@ -41,9 +47,10 @@ def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float = 0.5, gather: bool = F
 
         ℓ_i = −log  exp(s_{i,j(i)}/τ) / Σ_{k≠i} exp(s_{i,k}/τ),    s = cosine similarity,    L = mean_i ℓ_i
 
-    which is CC's ``CrossEntropy(reduction="sum") / 2N``. ``z_a`` and ``z_b`` are N×D with row n of both the
-    same sample; they are L2-normalised here, so raw projector outputs can be passed. Half-precision inputs are
-    computed in float32, float64 stays float64.
+    which is CC's ``CrossEntropy(reduction="sum") / 2N``. ``include_self=True`` sums the denominator over every
+    k, the anchor's ``exp(1/τ)`` included, as the SIC paper prints its Eq. 1 (its authors' code leaves it out).
+    ``z_a`` and ``z_b`` are N×D with row n of both the same sample; they are L2-normalised here, so raw projector
+    outputs can be passed. Half-precision inputs are computed in float32, float64 stays float64.
 
     With ``gather=True`` (under torch.distributed) the keys are the 2·N·W views of the whole distributed batch,
     gathered with gradients, and this rank's anchors are its own 2N views: the mean of the ranks' losses is the
@@ -60,8 +67,8 @@ def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float = 0.5, gather: bool = F
     if gather:
         # one gather of [a; b]: rank r's block [a_r; b_r] starts at row 2N·r of the keys
         keys = all_gather_with_grad(anchors)
-        return two_view_contrast(anchors, keys, rank() * anchors.shape[0], temperature)
-    return two_view_contrast(anchors, anchors, 0, temperature)
+        return two_view_contrast(anchors, keys, rank() * anchors.shape[0], temperature, include_self)
+    return two_view_contrast(anchors, anchors, 0, temperature, include_self)
 
 
 class NTXentLoss(nn.Module):

@@ -10,6 +10,7 @@ from deepclust.methods.kmeans import KMeansBaseline
 from deepclust.methods.propos import ProPos
 from deepclust.methods.scan import SCAN
 from deepclust.methods.selflabel import SelfLabel
+from deepclust.methods.sic import SIC
 from deepclust.methods.simclr import SimCLR
 from deepclust.methods.swav import SwAV
 
@@ -22,6 +23,7 @@ METHODS: dict[str, type[MethodSpec]] = {
     "propos": ProPos,
     "scan": SCAN,
     "selflabel": SelfLabel,
+    "sic": SIC,
 }
 
 
