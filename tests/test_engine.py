@@ -26,6 +26,7 @@ from deepclust.data import ArrayDataset
 from deepclust.data.batches import TrainBatches
 from deepclust.engine import trainer as trainer_module
 from deepclust.engine.fabric_setup import fabric_settings
+from deepclust.engine.monitor import Monitor
 from deepclust.engine.optim import LARS, build_optimizer, lr_at
 from deepclust.engine.trainer import Trainer, TrainingDiverged, train
 from deepclust.errors import ConfigError
@@ -783,3 +784,16 @@ def test_a_method_adds_read_outs_over_the_whole_evaluation_set(
     assert metrics["primary"] == "above_median" and set(metrics["readouts"]) == {"kmeans", "above_median"}
     clusters, _, primary = run.read_assignments()
     assert primary == "above_median" and set(clusters["above_median"].tolist()) == {0, 1}
+
+
+def test_the_progress_follows_the_time_budget(tmp_path: Path) -> None:
+    """With a budget the bar ends with the budget (make demo's 10 minutes end near step 1,340 of 27,300), and its
+    line says how much of the budget is used; without one it counts steps."""
+    budgeted = Monitor(tiny_config("simclr", "train.time_budget_minutes=10"), RunDir(tmp_path).create(), True)
+    budgeted.total_steps = 27_300
+    assert budgeted._completed(1_340, 600.0) == pytest.approx(1000)  # full at the end of the budget
+    assert budgeted._completed(100, 300.0) == pytest.approx(500)
+    assert budgeted._steps_text(100, 300.0) == "step 100/27300, 5.0 of 10 min"
+    plain = Monitor(tiny_config("simclr"), RunDir(tmp_path / "plain").create(), True)
+    plain.total_steps = 400
+    assert plain._completed(100, 300.0) == 100 and plain._steps_text(100, 300.0) == "step 100/400"

@@ -166,7 +166,7 @@ class Monitor:
             "training",
             total=total,
             completed=self._completed(step, elapsed_s),
-            steps=self._steps_text(step),
+            steps=self._steps_text(step, elapsed_s),
             status="",
         )
         self._progress = progress
@@ -175,9 +175,11 @@ class Monitor:
             yield
         self._progress = None
 
-    def _steps_text(self, step: int) -> str:
-        budget = f" or {self.cfg.train.time_budget_minutes:g} min" if self.budget_s is not None else ""
-        return f"step {step}/{self.total_steps}{budget}"
+    def _steps_text(self, step: int, elapsed_s: float = 0.0) -> str:
+        """Where the run is: its step, and with a time budget the share of the budget used."""
+        if self.budget_s is None:
+            return f"step {step}/{self.total_steps}"
+        return f"step {step}/{self.total_steps}, {elapsed_s / 60:.1f} of {self.budget_s / 60:g} min"
 
     def restart_window(self) -> None:
         """Start a new throughput window (after work that is not a training step, such as an evaluation)."""
@@ -227,11 +229,11 @@ class Monitor:
             self._progress.update(
                 self._task,
                 completed=self._completed(step, elapsed_s),
-                steps=self._steps_text(step),
+                steps=self._steps_text(step, elapsed_s),
                 status=status,
             )
         if not sys.stderr.isatty() and self.cfg.train.progress and self.is_global_zero:
-            print(f"step {step}/{self.total_steps} epoch {epoch} {status}", file=sys.stderr)
+            print(f"{self._steps_text(step, elapsed_s)} epoch {epoch} {status}", file=sys.stderr)
         window.update(start=now, data=0.0, steps=0)
 
     def close(self) -> None:
