@@ -1,6 +1,7 @@
 """Losses: pure functions, one concept per module; none of them knows the trainer."""
 
 from deepclust.losses.byol import byol_loss
+from deepclust.losses.c2bin import alignment_loss, bca_contrast, bca_entropy
 from deepclust.losses.cluster_contrast import cc_entropy_term, cluster_contrastive_loss, cluster_entropy
 from deepclust.losses.dec import (
     anchor_loss,
@@ -20,7 +21,10 @@ from deepclust.losses.swav import swav_loss
 
 __all__ = [
     "NTXentLoss",
+    "alignment_loss",
     "anchor_loss",
+    "bca_contrast",
+    "bca_entropy",
     "byol_loss",
     "cc_entropy_term",
     "cluster_contrastive_loss",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from deepclust.errors import ConfigError
 from deepclust.methods.base import EXTRA_SPLIT, MAIN_SPLIT, Batch, Method, MethodSpec, TrainingProgress
 from deepclust.methods.byol import BYOL
+from deepclust.methods.c2bin import C2BIN
 from deepclust.methods.cc import ContrastiveClustering
 from deepclust.methods.kmeans import KMeansBaseline
 from deepclust.methods.propos import ProPos
@@ -24,6 +25,7 @@ METHODS: dict[str, type[MethodSpec]] = {
     "scan": SCAN,
     "selflabel": SelfLabel,
     "sic": SIC,
+    "c2bin": C2BIN,
 }
 
 
