@@ -1,1 +1,1 @@
-"""Training engine: the one loop (Lightning Fabric), checkpoints, run directories, optimisers."""
+"""Training engine: the one loop (Lightning Fabric set-up, checkpointing, evaluations, monitoring, optimisers)."""
