@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from run_events import epoch_values, evaluations
+
 from deepclust.errors import UserError
 from deepclust.runs.run_dir import RunDir
 
@@ -28,24 +30,10 @@ METRICS = ("acc", "nmi")
 
 
 def centre_distances(events: list[dict[str, Any]]) -> dict[int, float]:
-    """epoch -> the centre distance logged at its start (the last one, when a resume logged it twice)."""
+    """epoch -> the centre distance logged at its start."""
     return {
-        int(e["epoch"]): float(e["centre_distance"])
-        for e in events
-        if e.get("event") == "epoch_start" and "centre_distance" in e
+        epoch: float(e["centre_distance"]) for epoch, e in epoch_values(events, "centre_distance").items()
     }
-
-
-def evaluations(events: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, float]]]:
-    """read-out -> epochs done -> its metrics, from the ``eval`` events that have labels' metrics."""
-    found: dict[str, dict[int, dict[str, float]]] = {}
-    for event in events:
-        if event.get("event") != "eval" or "epoch" not in event:
-            continue
-        for name, values in (event.get("readouts") or {}).items():
-            if name in READOUTS and values:
-                found.setdefault(name, {})[int(event["epoch"])] = values
-    return found
 
 
 def plot(
@@ -100,7 +88,7 @@ def main() -> None:
     distances = centre_distances(events)
     if not distances:
         raise UserError(f"{args.run}: no centre distances in its log.jsonl (a SIC run logs one every epoch)")
-    metrics = evaluations(events)
+    metrics = evaluations(events, READOUTS)
     cfg = run.load_config()
     title = f"{cfg.get('method', 'sic')} on {cfg.get('data', {}).get('name', '?')}: inter-cluster distance"
     out = args.out or args.run / "centre_distance.png"

@@ -3,6 +3,13 @@
 from deepclust.losses.byol import byol_loss
 from deepclust.losses.c2bin import alignment_loss, bca_contrast, bca_entropy
 from deepclust.losses.cluster_contrast import cc_entropy_term, cluster_contrastive_loss, cluster_entropy
+from deepclust.losses.consensus import (
+    TRANSFORMS,
+    consensus_loss,
+    pairwise_nmi,
+    random_transforms,
+    transformed_scores,
+)
 from deepclust.losses.dec import (
     anchor_loss,
     cluster_frequencies,
@@ -20,6 +27,7 @@ from deepclust.losses.sinkhorn import sinkhorn
 from deepclust.losses.swav import swav_loss
 
 __all__ = [
+    "TRANSFORMS",
     "NTXentLoss",
     "alignment_loss",
     "anchor_loss",
@@ -32,15 +40,19 @@ __all__ = [
     "cluster_frequencies",
     "cluster_prototypes",
     "confident_self_label_loss",
+    "consensus_loss",
     "dec_target",
     "jensen_shannon",
     "kl_divergence",
     "nearest_neighbour_contrast",
     "neighbour_consistency",
     "nt_xent",
+    "pairwise_nmi",
     "prototype_scattering_loss",
+    "random_transforms",
     "sinkhorn",
     "student_t_assignment",
     "swav_loss",
     "top_per_cluster_self_label_loss",
+    "transformed_scores",
 ]

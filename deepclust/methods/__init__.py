@@ -7,6 +7,7 @@ from deepclust.methods.base import EXTRA_SPLIT, MAIN_SPLIT, Batch, Method, Metho
 from deepclust.methods.byol import BYOL
 from deepclust.methods.c2bin import C2BIN
 from deepclust.methods.cc import ContrastiveClustering
+from deepclust.methods.concurl import ConCURL
 from deepclust.methods.kmeans import KMeansBaseline
 from deepclust.methods.propos import ProPos
 from deepclust.methods.scan import SCAN
@@ -25,6 +26,7 @@ METHODS: dict[str, type[MethodSpec]] = {
     "scan": SCAN,
     "selflabel": SelfLabel,
     "sic": SIC,
+    "concurl": ConCURL,
     "c2bin": C2BIN,
 }
 
