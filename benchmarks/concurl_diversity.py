@@ -22,13 +22,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from run_events import epoch_values, evaluations
+from run_events import epoch_values, evaluations, overlay_metrics_and_save
 
 from deepclust.errors import UserError
 from deepclust.runs.run_dir import RunDir
 
 READOUTS = ("codes", "kmeans")
-METRICS = ("acc", "nmi")
 
 
 def diversity(events: list[dict[str, Any]]) -> dict[int, tuple[float, float]]:
@@ -69,26 +68,7 @@ def plot(
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel("pairwise NMI of the ensemble")
     axis.set_ylim(0, 1.05)
-    handles, labels = axis.get_legend_handles_labels()
-    if metrics:
-        scores = axis.twinx()
-        for index, (name, per_epoch) in enumerate(sorted(metrics.items())):
-            done = sorted(per_epoch)
-            colour = f"C{len(curves) + index}"  # not the colour of a curve
-            for metric, style, marker in zip(METRICS, ("--", ":"), ("o", "s"), strict=True):
-                values = [per_epoch[e].get(metric) for e in done]
-                label = f"{metric.upper()} ({name})"
-                scores.plot(done, values, style, color=colour, marker=marker, label=label)
-        scores.set_ylabel("ACC / NMI")
-        scores.set_ylim(0, 1.05)
-        more_handles, more_labels = scores.get_legend_handles_labels()
-        handles, labels = handles + more_handles, labels + more_labels
-    axis.legend(handles, labels, loc="lower right", fontsize="small")
-    axis.set_title(title)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    overlay_metrics_and_save(fig, axis, metrics, title, out)
 
 
 def main() -> None:

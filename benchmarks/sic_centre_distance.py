@@ -20,13 +20,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from run_events import epoch_values, evaluations
+from run_events import epoch_values, evaluations, overlay_metrics_and_save
 
 from deepclust.errors import UserError
 from deepclust.runs.run_dir import RunDir
 
 READOUTS = ("head", "kmeans")
-METRICS = ("acc", "nmi")
 
 
 def centre_distances(events: list[dict[str, Any]]) -> dict[int, float]:
@@ -53,24 +52,7 @@ def plot(
     axis.set_xlabel("epoch")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel("mean distance between centres")
-    handles, labels = axis.get_legend_handles_labels()
-    if metrics:
-        scores = axis.twinx()
-        for name, per_epoch in sorted(metrics.items()):
-            done = sorted(per_epoch)
-            for metric, style in zip(METRICS, ("-", "--"), strict=True):
-                values = [per_epoch[e].get(metric) for e in done]
-                scores.plot(done, values, style, marker="o", label=f"{metric.upper()} ({name})")
-        scores.set_ylabel("ACC / NMI")
-        scores.set_ylim(0, 1)
-        more_handles, more_labels = scores.get_legend_handles_labels()
-        handles, labels = handles + more_handles, labels + more_labels
-    axis.legend(handles, labels, loc="lower right", fontsize="small")
-    axis.set_title(title)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    overlay_metrics_and_save(fig, axis, metrics, title, out)
 
 
 def main() -> None:
